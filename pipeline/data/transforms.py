@@ -1,0 +1,45 @@
+"""Augmentation applied identically to an image, its ground truth and its proposals.
+
+Large-scale jitter (LSJ): resize by a random factor of the crop size in [min_scale, max_scale],
+then a fixed-size crop, padding where the image is smaller (image 0, segment ids 0 = void,
+semantic ``ignore``, proposals 0). Test time: short side ``short``, long side at most ``max_size``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+
+def lsj_transform(crop_size: int, min_scale: float, max_scale: float, ignore_label: int = 255) -> v2.Transform:
+    fill = {tv_tensors.Image: 0, tv_tensors.Mask: 0, "others": 0}
+    return v2.Compose([
+        v2.ScaleJitter((crop_size, crop_size), scale_range=(min_scale, max_scale), antialias=True),
+        v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill),
+        v2.RandomHorizontalFlip(),
+    ])
+
+
+def apply_joint(transform: v2.Transform, image: np.ndarray, id_map: np.ndarray, proposals: np.ndarray
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply one random draw of ``transform`` to image (HxWx3 uint8), id map (HxW) and proposals (NxHxW)."""
+    img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+    ids = tv_tensors.Mask(torch.from_numpy(id_map.astype(np.int64))[None])
+    props = tv_tensors.Mask(torch.from_numpy(proposals.astype(np.uint8)))
+    out_img, out_ids, out_props = transform(img, ids, props)
+    return out_img.as_subclass(torch.Tensor), out_ids[0].as_subclass(torch.Tensor), \
+        out_props.as_subclass(torch.Tensor).bool()
+
+
+def eval_resize_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
+    """Output (h, w) of the test-time resize (detectron2's ResizeShortestEdge)."""
+    scale = short / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return int(round(height * scale)), int(round(width * scale))
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(3,H,W) uint8/float -> float (3,h,w), bilinear."""
+    return v2.functional.resize(image.float(), list(size), antialias=True)

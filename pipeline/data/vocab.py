@@ -1,0 +1,105 @@
+"""Vocabularies: ordered class lists with thing/stuff flags and prompt synonyms."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+
+class VocabularyError(ValueError):
+    """A vocabulary is empty, has duplicate names or cannot be read."""
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One class: ``id`` as the dataset spells it on disk, ``name``, thing flag, prompt synonyms."""
+
+    id: int
+    name: str
+    isthing: bool
+    synonyms: tuple[str, ...]
+    color: tuple[int, int, int] = (128, 128, 128)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """An ordered class list; the position of a class is its contiguous label (0..K-1)."""
+
+    name: str
+    classes: tuple[ClassInfo, ...]
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise VocabularyError(f"vocabulary {self.name!r} is empty: give at least one class")
+        seen: dict[str, int] = {}
+        for i, c in enumerate(self.classes):
+            key = c.name.strip().lower()
+            if not key:
+                raise VocabularyError(f"vocabulary {self.name!r}: class #{i} has an empty name")
+            if key in seen:
+                raise VocabularyError(
+                    f"vocabulary {self.name!r}: duplicate class name {c.name!r} at positions {seen[key]} and {i}; "
+                    "class names must be unique (merge them or rename one)")
+            seen[key] = i
+        ids = [c.id for c in self.classes]
+        if len(set(ids)) != len(ids):
+            raise VocabularyError(f"vocabulary {self.name!r}: duplicate class ids")
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def thing_mask(self) -> list[bool]:
+        return [c.isthing for c in self.classes]
+
+    def id_to_label(self) -> dict[int, int]:
+        """Dataset category id -> contiguous label."""
+        return {c.id: i for i, c in enumerate(self.classes)}
+
+    def subset(self, name: str, names: list[str]) -> "Vocabulary":
+        by_name = {c.name: c for c in self.classes}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise VocabularyError(f"vocabulary {self.name!r} has no classes {missing}")
+        return Vocabulary(name, tuple(by_name[n] for n in names))
+
+
+def vocabulary_from_records(name: str, records: list[dict]) -> Vocabulary:
+    """Build from the json records of ``pipeline/vocab/*.json`` (see ../shared/vocab/README.md)."""
+    classes = []
+    for i, r in enumerate(records):
+        if "name" not in r:
+            raise VocabularyError(f"vocabulary {name!r}: record #{i} has no 'name'")
+        cid = r.get("trainId", r.get("id", i)) if "isthing" not in r else r.get("id", i)
+        synonyms = tuple(r.get("synonyms") or [r["name"]])
+        color = tuple(r.get("color") or ((37 * i) % 256, (91 * i) % 256, (173 * i) % 256))
+        classes.append(ClassInfo(int(cid), str(r["name"]), bool(r.get("isthing", 0)), synonyms, color))
+    return Vocabulary(name, tuple(classes))
+
+
+def vocabulary_from_names(names: list[str], name: str = "custom") -> Vocabulary:
+    """A vocabulary from free text names (``fovseg predict --classes``); all treated as things."""
+    cleaned = [n.strip() for n in names if n.strip()]
+    return Vocabulary(name, tuple(ClassInfo(i, n, True, (n,)) for i, n in enumerate(cleaned)))
+
+
+def load_packaged_vocabulary(file_stem: str) -> Vocabulary:
+    """One of the benchmark vocabularies shipped in ``pipeline/vocab``."""
+    path = resources.files("pipeline") / "vocab" / f"{file_stem}.json"
+    if not path.is_file():
+        raise VocabularyError(f"no packaged vocabulary {file_stem!r} (looked for {path})")
+    return vocabulary_from_records(file_stem, json.loads(path.read_text()))
+
+
+def load_vocabulary_file(path: str | Path) -> Vocabulary:
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VocabularyError(f"cannot read vocabulary {path}: {exc}") from None
+    return vocabulary_from_records(path.stem, records)
