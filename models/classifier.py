@@ -1,0 +1,64 @@
+"""FOV-Seg mask classifier: CLIP with mask tokens, TeVA, the adapter and (training only) FiSeR."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.clip_backbone import clip_input_stats
+from models.fiser import FiserPredictor
+from models.mask_encoder import MaskCLIPVisual, TevaConfig
+
+
+class FOVSeg(nn.Module):
+    """Classifies proposal masks against text embeddings of an arbitrary vocabulary.
+
+    Built from an open_clip ``CLIP``; the visual tower is re-assembled (weights copied) into
+    :class:`MaskCLIPVisual`, the text tower is kept to encode vocabularies.
+    """
+
+    def __init__(self, clip_model: nn.Module, teva: TevaConfig = TevaConfig(), adapter_layers: int = 2,
+                 adapter_channels: int = 16, fiser_layers: int = 0, fiser_heads: int = 4,
+                 image_size: int | None = None):
+        super().__init__()
+        embed_dim = clip_model.text_projection.shape[-1] if hasattr(clip_model, "text_projection") and \
+            clip_model.text_projection is not None else clip_model.visual.output_dim
+        mean, std = clip_input_stats(clip_model)
+        self.visual = MaskCLIPVisual(clip_model.visual, embed_dim, teva, adapter_layers, adapter_channels)
+        clip_model.visual = None  # the re-assembled tower owns the weights now
+        self.clip = clip_model
+        self.fiser = FiserPredictor(embed_dim, fiser_layers, fiser_heads) if fiser_layers > 0 else None
+        self.image_size = image_size or int(self.visual.native_grid[0] * self.visual.patch_size)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.embed_dim = embed_dim
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp()
+
+    def encode_text_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8/float (B,3,H,W) in [0,255] -> normalised at the classifier's input size."""
+        x = images.float()
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, text_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B,3,H,W) in [0,255]; masks (B,Q,H,W) in [0,1]; text_embeds (C,E) normalised.
+
+        Returns ``logits`` (B,Q,C) = scale * cosine, normalised ``mask_embeds`` and ``patch_embeds``."""
+        x = self.preprocess(images)
+        m = masks.float()
+        if m.shape[-2:] != x.shape[-2:]:
+            m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False) if m.numel() else \
+                m.new_zeros(*m.shape[:2], *x.shape[-2:])
+        out = self.visual(x, m, text_embeds)
+        mask_embeds = F.normalize(out["mask_embeds"], dim=-1)
+        logits = self.logit_scale * mask_embeds @ text_embeds.t()
+        return {"logits": logits, "mask_embeds": mask_embeds, "patch_embeds": out["patch_embeds"],
+                "image_embeds": F.normalize(out["image_embeds"], dim=-1)}

@@ -1,0 +1,78 @@
+"""Build an open_clip CLIP: pretrained tag, local checkpoint file, or the project's tiny configs.
+
+Model variants live as JSON files in ``models/configs`` (open_clip's own format); they are added
+to open_clip's registry explicitly by :func:`build_clip`, never as an import side effect.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be found or downloaded; the message says what to fetch."""
+
+
+def _register_local_configs() -> None:
+    for path in CONFIG_DIR.glob("fovseg-*.json"):
+        if path.stem not in open_clip.list_models():
+            open_clip.add_model_config(path)
+
+
+def build_clip(model_name: str, pretrained: str = "", device: str | torch.device = "cpu",
+               allow_random: bool = False) -> tuple[nn.Module, object]:
+    """Return ``(clip_model, tokenizer)``.
+
+    ``pretrained`` is an open_clip tag (``openai``, ...), a local checkpoint path, or "" for
+    random weights, which is refused unless ``allow_random`` (toy pre-training, tests, meta builds).
+    """
+    _register_local_configs()
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP model {model_name!r}; use an open_clip name such as 'ViT-B-16' or "
+                         f"'ViT-L-14-336-quickgelu', or one of {[p.stem for p in CONFIG_DIR.glob('*.json')]}")
+    if not pretrained and not allow_random:
+        raise WeightsUnavailableError(
+            f"no weights given for {model_name}: set backbones.clip.pretrained to an open_clip tag "
+            "(e.g. 'openai') or a local checkpoint file; random weights are only used when asked for")
+    tokenizer = open_clip.get_tokenizer(model_name)
+    if pretrained and Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or Path(pretrained).is_file():
+        if not Path(pretrained).is_file():
+            raise WeightsUnavailableError(f"CLIP checkpoint {pretrained} not found; download the {model_name} "
+                                          "weights and put the file there, or fix backbones.clip.pretrained")
+        model = open_clip.create_model(model_name, pretrained=None, device=device)
+        state = load_state_dict(pretrained)
+        model.load_state_dict(state)
+        return model, tokenizer
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained or None, device=device)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise WeightsUnavailableError(
+            f"could not load open_clip weights {model_name}/{pretrained} ({exc}). Download them on a machine with "
+            f"internet (`python -c \"import open_clip; open_clip.create_model('{model_name}', "
+            f"pretrained='{pretrained}')\"` fills the Hugging Face cache, ~/.cache/huggingface), copy that cache "
+            "here, or point backbones.clip.pretrained at a local checkpoint file") from None
+    return model, tokenizer
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """A state dict from a .pt/.pth (weights only) or .safetensors file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+
+
+def clip_input_stats(clip_model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std CLIP's preprocessing normalises with."""
+    visual = clip_model.visual
+    mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+    std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+    return tuple(mean), tuple(std)

@@ -1,0 +1,199 @@
+"""CLIP ViT image encoder with per-proposal mask tokens and TeVA.
+
+Sequence per image: [CLS, patches] (image tokens, plain CLIP self-attention, never see mask
+tokens) and Q mask tokens (copies of [CLS] with its position embedding). A mask token attends to
+[CLS] plus the patches its mask touches (eq. 11), never to other mask tokens; with TeVA it first
+cross-attends to the vocabulary's text embeddings (new g_q, g_k, g_v), then to the image tokens
+with CLIP's own f_q, f_k, f_v under the mask bias. CLIP's fused in-projection is split into
+q/k/v linears so f_q can be trained alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.adapter import DistributionAdapter
+
+
+@dataclass(frozen=True)
+class TevaConfig:
+    target_attention: bool = True  # step 1: mask tokens x target-class text embeddings
+    image_attention: bool = True  # step 2 chained on step 1's output (off: the two run in parallel)
+
+    @property
+    def enabled(self) -> bool:
+        return self.target_attention
+
+
+class SplitAttention(nn.Module):
+    """Multi-head attention with separate q/k/v linears (loaded from a fused ``in_proj``)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    @classmethod
+    def from_multihead(cls, mha: nn.MultiheadAttention) -> "SplitAttention":
+        dim = mha.embed_dim
+        attn = cls(dim, mha.num_heads).to(device=mha.in_proj_weight.device, dtype=mha.in_proj_weight.dtype)
+        with torch.no_grad():
+            for i, lin in enumerate((attn.q_proj, attn.k_proj, attn.v_proj)):
+                lin.weight.copy_(mha.in_proj_weight[i * dim:(i + 1) * dim])
+                lin.bias.copy_(mha.in_proj_bias[i * dim:(i + 1) * dim])
+            attn.out_proj.weight.copy_(mha.out_proj.weight)
+            attn.out_proj.bias.copy_(mha.out_proj.bias)
+        return attn
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, bias: torch.Tensor | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``q_in`` (B,Lq,D) attends to ``kv_in`` (B,Lk,D); ``bias`` is additive, (B,1|H,Lq,Lk)."""
+        q = self._heads(self.q_proj(q_in))
+        k, v = kv if kv is not None else self.keys_values(kv_in)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        b, h, n, dh = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * dh))
+
+    def keys_values(self, kv_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._heads(self.k_proj(kv_in)), self._heads(self.v_proj(kv_in))
+
+
+class TargetAttention(nn.Module):
+    """TeVA step 1: mask tokens cross-attend to class text embeddings (g_q, g_k, g_v; eqs. 9-10).
+
+    g_v starts at zero, so before training the step is an identity and the model is plain CLIP.
+    """
+
+    def __init__(self, dim: int, text_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.g_q = nn.Linear(dim, dim)
+        self.g_k = nn.Linear(text_dim, dim)
+        self.g_v = nn.Linear(text_dim, dim)
+        nn.init.zeros_(self.g_v.weight)
+        nn.init.zeros_(self.g_v.bias)
+
+    def forward(self, h: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """h (B,Q,D), text (C,E) -> (B,Q,D) update."""
+        b, q_len, d = h.shape
+        dh = d // self.heads
+        q = self.g_q(h).view(b, q_len, self.heads, dh).transpose(1, 2)
+        k = self.g_k(text).view(1, -1, self.heads, dh).transpose(1, 2).expand(b, -1, -1, -1)
+        v = self.g_v(text).view(1, -1, self.heads, dh).transpose(1, 2).expand(b, -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(b, q_len, d)
+
+
+class MaskBlock(nn.Module):
+    """One CLIP residual block applied to image tokens and (masked, TeVA) mask tokens."""
+
+    def __init__(self, block: nn.Module, text_dim: int, teva: TevaConfig):
+        super().__init__()
+        self.ln_1, self.ln_2, self.mlp = block.ln_1, block.ln_2, block.mlp
+        self.ls_1, self.ls_2 = block.ls_1, block.ls_2
+        self.attn = SplitAttention.from_multihead(block.attn)
+        self.teva_cfg = teva
+        self.teva = TargetAttention(self.attn.q_proj.in_features, text_dim, self.attn.heads) if teva.enabled else None
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor, bias: torch.Tensor, text: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        hx = self.ln_1(x)
+        kv = self.attn.keys_values(hx)
+        x_new = x + self.ls_1(self.attn(hx, hx, None, kv=kv))
+        if m.shape[1]:
+            hm = self.ln_1(m)
+            if self.teva is not None and text is not None:
+                z = hm + self.teva(hm, text)
+                if self.teva_cfg.image_attention:
+                    out = self.attn(z, hx, bias, kv=kv)
+                else:
+                    out = self.attn(hm, hx, bias, kv=kv) + (z - hm)
+            else:
+                out = self.attn(hm, hx, bias, kv=kv)
+            m = m + self.ls_1(out)
+            m = m + self.ls_2(self.mlp(self.ln_2(m)))
+        x_new = x_new + self.ls_2(self.mlp(self.ln_2(x_new)))
+        return x_new, m
+
+
+class MaskCLIPVisual(nn.Module):
+    """open_clip ``VisionTransformer`` re-assembled for mask tokens; weights are shared copies."""
+
+    def __init__(self, visual: nn.Module, text_dim: int, teva: TevaConfig, adapter_layers: int = 2,
+                 adapter_channels: int = 16):
+        super().__init__()
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise ValueError("mask tokens need a ViT pooled by its class token (open_clip pool_type='tok', "
+                             "no attentional pooling)")
+        if not hasattr(visual, "conv1") or not hasattr(visual.transformer, "resblocks"):
+            raise ValueError(f"{type(visual).__name__} is not an open_clip VisionTransformer; timm-backed towers "
+                             "(EVA) are not supported by the mask classifier yet")
+        self.conv1 = visual.conv1
+        self.class_embedding = visual.class_embedding
+        self.positional_embedding = visual.positional_embedding
+        self.ln_pre, self.ln_post, self.proj = visual.ln_pre, visual.ln_post, visual.proj
+        self.patch_size = visual.patch_size[0]
+        self.native_grid = visual.grid_size
+        self.blocks = nn.ModuleList(MaskBlock(b, text_dim, teva) for b in visual.transformer.resblocks)
+        self.adapter = DistributionAdapter(adapter_layers, adapter_channels) if adapter_layers > 0 else None
+
+    # -- embeddings
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(1 + gh*gw, D) position embeddings, bilinearly interpolated for a new grid."""
+        pe = self.positional_embedding
+        if tuple(grid) == tuple(self.native_grid):
+            return pe
+        cls_pe, patch_pe = pe[:1], pe[1:]
+        gh0, gw0 = self.native_grid
+        patch_pe = patch_pe.reshape(1, gh0, gw0, -1).permute(0, 3, 1, 2)
+        patch_pe = F.interpolate(patch_pe.float(), size=grid, mode="bilinear", align_corners=False).to(pe.dtype)
+        return torch.cat([cls_pe, patch_pe.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)])
+
+    def mask_bias(self, masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B,Q,H,W) masks -> additive bias (B,1,Q,1+N): [CLS] always visible; a patch is visible if
+        any of its pixels is in the mask (hard 0/-inf without an adapter, log-probability with one)."""
+        b, q = masks.shape[:2]
+        if self.adapter is not None:
+            soft = self.adapter(masks.float())
+        else:
+            soft = masks.float()
+        vis = F.adaptive_max_pool2d(soft.reshape(b * q, 1, *soft.shape[-2:]), grid).reshape(b, q, grid[0] * grid[1])
+        if self.adapter is not None:
+            patch_bias = torch.log(vis.clamp_min(1e-4))
+        else:
+            patch_bias = torch.zeros_like(vis).masked_fill(vis < 0.5, float("-inf"))
+        cls_col = torch.zeros(b, q, 1, dtype=patch_bias.dtype, device=patch_bias.device)
+        return torch.cat([cls_col, patch_bias], dim=2).unsqueeze(1)
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, text: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """images (B,3,H,W) normalised; masks (B,Q,H',W') in [0,1]; text (C,E) normalised or None.
+
+        Returns ``mask_embeds`` (B,Q,E), ``image_embeds`` (B,E) and ``patch_embeds`` (B,N,E), unnormalised.
+        """
+        x = self.conv1(images)
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        pe = self.position_embedding(grid).to(x.dtype)
+        cls = (self.class_embedding + pe[0]).to(x.dtype)
+        x = torch.cat([cls.expand(x.shape[0], 1, -1), x + pe[1:]], dim=1)
+        x = self.ln_pre(x)
+        b, q = masks.shape[:2]
+        m = x[:, :1].expand(b, q, -1)
+        bias = self.mask_bias(masks, grid).to(x.dtype)
+        for block in self.blocks:
+            x, m = block(x, m, bias, text)
+        x = self.ln_post(x)
+        m = self.ln_post(m)
+        return {"image_embeds": x[:, 0] @ self.proj, "patch_embeds": x[:, 1:] @ self.proj,
+                "mask_embeds": m @ self.proj}

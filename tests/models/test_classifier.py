@@ -1,0 +1,111 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.classifier import FOVSeg
+from models.clip_backbone import build_clip
+from models.mask_encoder import TevaConfig
+from tests.models.conftest import make_fovseg
+
+
+def _clip_image_embedding(clip, model: FOVSeg, images):
+    return clip.encode_image(model.preprocess(images))
+
+
+@pytest.mark.parametrize("teva", [TevaConfig(False, False), TevaConfig(True, True)])
+def test_full_mask_token_is_clip_image_embedding_tiny(tiny_clip, teva):
+    clip, _ = tiny_clip
+    model = make_fovseg(clip, teva=teva)
+    images = torch.rand(2, 3, 64, 64) * 255
+    masks = torch.ones(2, 3, 64, 64)
+    text = F.normalize(torch.randn(5, model.embed_dim), dim=-1)
+    with torch.no_grad():
+        out = model.visual(model.preprocess(images), masks, text)
+        ref = _clip_image_embedding(clip, model, images)
+    assert torch.allclose(out["mask_embeds"], ref[:, None].expand_as(out["mask_embeds"]), atol=1e-5)
+    assert torch.allclose(out["image_embeds"], ref, atol=1e-5)
+
+
+def test_full_mask_token_is_clip_image_embedding_vit_b16():
+    torch.manual_seed(0)
+    clip, _ = build_clip("ViT-B-16", allow_random=True)
+    clip.eval()
+    model = FOVSeg(copy.deepcopy(clip), teva=TevaConfig(False, False), adapter_layers=0).eval()
+    images = torch.rand(1, 3, 224, 224) * 255
+    with torch.no_grad():
+        out = model.visual(model.preprocess(images), torch.ones(1, 2, 224, 224))
+        ref = clip.encode_image(model.preprocess(images))
+    assert (out["mask_embeds"][0] - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("teva", [TevaConfig(False, False), TevaConfig(True, True)])
+def test_mask_token_ignores_tokens_outside_its_mask(tiny_clip, teva):
+    """In every block a mask token reads only [CLS] and the patches its mask touches.
+
+    (End to end, pixels outside a mask still reach it through the image tokens, which keep plain
+    CLIP self-attention by design; so the invariance is checked where it holds: at each block, and
+    for the first block's input pixels.)"""
+    clip, _ = tiny_clip
+    model = make_fovseg(clip, teva=teva)
+    torch.manual_seed(1)
+    for block in model.visual.blocks:  # give TeVA a non-zero effect
+        if block.teva is not None:
+            torch.nn.init.normal_(block.teva.g_v.weight, std=0.2)
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[..., :32, :32] = 1  # exactly the top-left 4x4 patches (patch 8)
+    bias = model.visual.mask_bias(masks, (8, 8))
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[:4, :4] = False
+    outside = torch.cat([torch.tensor([False]), outside.flatten()])
+    text = F.normalize(torch.randn(4, model.embed_dim), dim=-1)
+    x = torch.randn(1, 65, 96)
+    m = torch.randn(1, 1, 96)
+    y = x.clone()
+    y[:, outside] = torch.randn(1, int(outside.sum()), 96)
+    with torch.no_grad():
+        for block in model.visual.blocks:
+            _, ma = block(x, m, bias, text)
+            _, mb = block(y, m, bias, text)
+            assert torch.allclose(ma, mb, atol=1e-6)
+        # first-layer pixels: changing pixels outside the mask changes no patch the mask token reads in block 0
+        images = torch.rand(1, 3, 64, 64) * 255
+        changed = images.clone()
+        changed[..., 32:, :] = 0
+        xa = model.visual.conv1(model.preprocess(images)).flatten(2)
+        xb = model.visual.conv1(model.preprocess(changed)).flatten(2)
+        assert torch.equal(xa.reshape(96, 8, 8)[:, :4, :4], xb.reshape(96, 8, 8)[:, :4, :4])
+
+
+def test_image_tokens_do_not_see_mask_tokens(tiny_clip):
+    clip, _ = tiny_clip
+    model = make_fovseg(clip, teva=TevaConfig(True, True), adapter_layers=2)
+    images = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        none = model.visual(model.preprocess(images), torch.zeros(2, 0, 64, 64))
+        many = model.visual(model.preprocess(images), torch.rand(2, 7, 64, 64).round(),
+                            F.normalize(torch.randn(4, model.embed_dim), dim=-1))
+    assert torch.equal(none["patch_embeds"], many["patch_embeds"])
+    assert torch.equal(none["image_embeds"], many["image_embeds"])
+
+
+def test_position_embeddings_interpolate_to_any_size(tiny_clip):
+    clip, _ = tiny_clip
+    model = make_fovseg(clip)
+    images = torch.rand(1, 3, 96, 80) * 255
+    with torch.no_grad():
+        x = (images - model.pixel_mean) / model.pixel_std
+        out = model.visual(x, torch.ones(1, 2, 96, 80))
+    assert out["patch_embeds"].shape[1] == 12 * 10 and torch.isfinite(out["mask_embeds"]).all()
+
+
+@pytest.mark.parametrize("n_masks,n_classes", [(0, 3), (3, 1), (5, 847)])
+def test_edge_sizes_have_no_nan(tiny_clip, n_masks, n_classes):
+    clip, _ = tiny_clip
+    model = make_fovseg(clip, teva=TevaConfig(True, True), adapter_layers=2)
+    masks = torch.zeros(2, n_masks, 64, 64)  # empty masks too: only [CLS] is visible
+    text = F.normalize(torch.randn(n_classes, model.embed_dim), dim=-1)
+    out = model(torch.rand(2, 3, 64, 64) * 255, masks, text)
+    assert out["logits"].shape == (2, n_masks, n_classes)
+    assert torch.isfinite(out["logits"]).all()
