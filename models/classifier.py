@@ -10,6 +10,25 @@ from models.fiser import FiserPredictor
 from models.mask_encoder import MaskCLIPVisual, TevaConfig
 
 
+MASK_CELLS = 4  # the adapter sees masks at 4x4 cells per patch, whatever the input resolution
+
+
+def fit_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize (B,Q,H,W) masks to ``size``: max-pool when shrinking (a cell is on if any pixel is), nearest
+    when growing; both keep "a patch is visible if any of its pixels is in the mask"."""
+    b, q, h, w = masks.shape
+    if (h, w) == tuple(size):
+        return masks
+    if q == 0 or b == 0:
+        return masks.new_zeros(b, q, *size)
+    flat = masks.reshape(b * q, 1, h, w)
+    if h >= size[0] and w >= size[1]:
+        flat = F.adaptive_max_pool2d(flat, size)
+    else:
+        flat = F.interpolate(flat, size=size, mode="nearest")
+    return flat.reshape(b, q, *size)
+
+
 class FOVSeg(nn.Module):
     """Classifies proposal masks against text embeddings of an arbitrary vocabulary.
 
@@ -40,23 +59,22 @@ class FOVSeg(nn.Module):
     def encode_text_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_text(tokens), dim=-1)
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8/float (B,3,H,W) in [0,255] -> normalised at the classifier's input size."""
+    def preprocess(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """uint8/float (B,3,H,W) in [0,255] -> normalised at ``size`` (default: square ``image_size``)."""
         x = images.float()
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=True)
+        size = tuple(size or (self.image_size, self.image_size))
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return (x - self.pixel_mean) / self.pixel_std
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor, text_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, text_embeds: torch.Tensor,
+                size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
         """images (B,3,H,W) in [0,255]; masks (B,Q,H,W) in [0,1]; text_embeds (C,E) normalised.
 
         Returns ``logits`` (B,Q,C) = scale * cosine, normalised ``mask_embeds`` and ``patch_embeds``."""
-        x = self.preprocess(images)
-        m = masks.float()
-        if m.shape[-2:] != x.shape[-2:]:
-            m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False) if m.numel() else \
-                m.new_zeros(*m.shape[:2], *x.shape[-2:])
+        x = self.preprocess(images, size)
+        patch = self.visual.patch_size
+        m = fit_masks(masks.float(), (x.shape[-2] // patch * MASK_CELLS, x.shape[-1] // patch * MASK_CELLS))
         out = self.visual(x, m, text_embeds)
         mask_embeds = F.normalize(out["mask_embeds"], dim=-1)
         logits = self.logit_scale * mask_embeds @ text_embeds.t()

@@ -48,8 +48,10 @@ def build_clip(model_name: str, pretrained: str = "", device: str | torch.device
         state = load_state_dict(pretrained)
         model.load_state_dict(state)
         return model, tokenizer
+    if not pretrained:
+        return open_clip.create_model(model_name, pretrained=None, device=device), tokenizer
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained or None, device=device)
+        model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
     except (RuntimeError, OSError, ValueError) as exc:
         raise WeightsUnavailableError(
             f"could not load open_clip weights {model_name}/{pretrained} ({exc}). Download them on a machine with "

@@ -55,8 +55,10 @@ class DataParams:
     def validate(self, key: str) -> None:
         from pipeline.data.registry import BENCHMARKS, DOWNLOADABLE
 
-        for name in (self.train_benchmark, *self.eval_benchmarks):
-            _check(name in BENCHMARKS, f"{key}", f"unknown benchmark {name!r}; valid: {sorted(BENCHMARKS)}")
+        _check(self.train_benchmark in BENCHMARKS, f"{key}.train_benchmark",
+               f"unknown benchmark {self.train_benchmark!r}; valid: {sorted(BENCHMARKS)}")
+        for name in self.eval_benchmarks:
+            _check(name in BENCHMARKS, f"{key}.eval_benchmarks", f"unknown benchmark {name!r}; valid: {sorted(BENCHMARKS)}")
         for name in self.download:
             _check(name in DOWNLOADABLE, f"{key}.download", f"unknown dataset {name!r}; valid: {sorted(DOWNLOADABLE)}")
         self.toy.validate(f"{key}.toy")
@@ -273,6 +275,10 @@ class Params:
             value = getattr(self, f.name)
             if hasattr(value, "validate"):
                 value.validate(f.name)
+        for key in ("small_vocab", "large_vocab"):
+            _check(getattr(self.benchmark, key) in self.data.eval_benchmarks, f"benchmark.{key}",
+                   f"must be one of data.eval_benchmarks {list(self.data.eval_benchmarks)} (its proposals are "
+                   "computed there)")
 
 
 # ----------------------------------------------------------------------------- loading

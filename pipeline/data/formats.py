@@ -70,7 +70,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"cannot decode image {path} ({exc}); the file is truncated or corrupt: "
                            "re-download or re-prepare the dataset") from None

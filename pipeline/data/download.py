@@ -1,0 +1,402 @@
+"""Download and preparation of the benchmarks (and generation of the toy world).
+
+Fetching is resumable (HTTP Range on ``<file>.part``), verified (sha256 where pinned in
+``pipeline/checksums/datasets.json``) and atomic (the ``.part`` is renamed only when complete
+and verified). Extraction refuses absolute paths, ``..`` and links leaving the target, and
+extracts into ``<dir>.partial`` renamed on success. Licence-gated datasets print what to fetch
+and verify what the user placed.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import json
+import logging
+import os
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from pipeline.data.formats import DatasetError, read_json, write_json, write_label_map
+
+log = logging.getLogger(__name__)
+
+
+class DownloadError(RuntimeError):
+    """A download failed (HTTP error, checksum mismatch, full disk); the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- fetching
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(url: str, dest: Path, sha256: str | None = None, chunk: int = 1 << 16, timeout: float = 30) -> Path:
+    """Download ``url`` to ``dest``, resuming a previous ``dest.part``; verify, then rename."""
+    dest = Path(dest)
+    if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            if have and resp.status != 206:  # server ignored Range: start over
+                have = 0
+            length = resp.headers.get("Content-Length")
+            expected = have + int(length) if length is not None else None
+            with part.open("ab" if have else "wb") as fh:
+                while block := resp.read(chunk):
+                    fh.write(block)
+            if expected is not None and part.stat().st_size < expected:
+                raise DownloadError(f"{url}: connection dropped after {part.stat().st_size} of {expected} bytes; "
+                                    f"re-run to resume from {part}")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # already complete
+            pass
+        else:
+            raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}; check the URL or your access to it "
+                                f"(partial data kept in {part} if any)") from None
+    except (OSError, http.client.HTTPException) as exc:
+        if getattr(exc, "errno", None) == errno.ENOSPC:
+            free = shutil.disk_usage(dest.parent).free / 2**30
+            raise DownloadError(f"disk full while writing {part} ({free:.1f} GiB free); free space or set "
+                                "$DETECTRON2_DATASETS to a larger disk, then re-run to resume") from None
+        raise DownloadError(f"{url}: connection failed ({exc}); re-run to resume from {part} "
+                            f"({part.stat().st_size if part.exists() else 0} bytes so far)") from None
+    if sha256 is not None:
+        got = sha256_of(part)
+        if got != sha256:
+            part.unlink()
+            raise DownloadError(f"{url}: checksum mismatch (got {got}, expected {sha256}); the corrupt file was "
+                                "removed, re-run to download it again")
+    os.replace(part, dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------- extraction
+def _inside(target: Path, name: str) -> bool:
+    resolved = (target / name).resolve()
+    return resolved == target.resolve() or target.resolve() in resolved.parents
+
+
+def safe_extract(archive: Path, target: Path) -> Path:
+    """Extract a zip/tar into ``target``; refuse absolute paths, ``..`` and links that leave it.
+
+    Extraction goes to ``target.partial`` first and is renamed when complete."""
+    archive, target = Path(archive), Path(target)
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    if os.path.isabs(info.filename) or not _inside(partial, info.filename):
+                        raise DownloadError(f"{archive}: refusing unsafe member {info.filename!r}")
+                zf.extractall(partial)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                for m in tf.getmembers():
+                    if os.path.isabs(m.name) or not _inside(partial, m.name):
+                        raise DownloadError(f"{archive}: refusing unsafe member {m.name!r}")
+                    if (m.issym() or m.islnk()) and not _inside(partial / os.path.dirname(m.name), m.linkname):
+                        raise DownloadError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r} leaving the target")
+                tf.extractall(partial, filter="data")
+        else:
+            raise DownloadError(f"{archive} is neither a zip nor a tar archive; delete it and re-run")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if target.exists():
+        for child in partial.iterdir():
+            dst = target / child.name
+            if dst.exists():
+                shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+            os.replace(child, dst)
+        partial.rmdir()
+    else:
+        os.replace(partial, target)
+    return target
+
+
+# ----------------------------------------------------------------------------- dataset registry
+@dataclass(frozen=True)
+class Source:
+    url: str
+    file: str  # archive name under <root>/downloads
+    extract_to: str = ""  # relative to root
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    sources: tuple[Source, ...] = ()
+    manual: str = ""  # instructions when a licence click or login is needed
+    expected: tuple[str, ...] = ()  # paths that must exist (relative to root) after fetch/manual placement
+    prepare: Callable[[Path], dict] | None = field(default=None, compare=False)
+
+
+def pinned_checksums() -> dict[str, str | None]:
+    path = resources.files("pipeline") / "checksums" / "datasets.json"
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- preparation steps
+def coco_semantic_from_panoptic(root: Path) -> dict:
+    """coco/panoptic_semseg_{split}2017/*.png: contiguous 0..132 labels, 255 unlabeled."""
+    from pipeline.data.vocab import load_packaged_vocabulary
+    from pipeline.data.formats import read_panoptic_png
+
+    id_to_label = load_packaged_vocabulary("coco_panoptic").id_to_label()
+    n = 0
+    for split in ("train", "val"):
+        ann = read_json(root / f"coco/annotations/panoptic_{split}2017.json")
+        out_dir = root / f"coco/panoptic_semseg_{split}2017"
+        for a in ann["annotations"]:
+            out = out_dir / a["file_name"]
+            if out.exists():
+                continue
+            ids = read_panoptic_png(root / f"coco/panoptic_{split}2017" / a["file_name"])
+            sem = np.full(ids.shape, 255, np.uint8)
+            for s in a["segments_info"]:
+                sem[ids == s["id"]] = id_to_label[s["category_id"]]
+            write_label_map(out, sem)
+            n += 1
+    return {"coco_semantic_maps": n}
+
+
+def _coco_unpack_panoptic(root: Path) -> None:
+    ann_dir = root / "coco" / "annotations"
+    for split in ("train", "val"):
+        inner = ann_dir / f"panoptic_{split}2017.zip"
+        if inner.exists() and not (root / "coco" / f"panoptic_{split}2017").is_dir():
+            safe_extract(inner, root / "coco")
+
+
+def prepare_coco(root: Path) -> dict:
+    _coco_unpack_panoptic(root)
+    return coco_semantic_from_panoptic(root)
+
+
+def ade20k_semantic(root: Path) -> dict:
+    """ADEChallengeData2016/annotations_detectron2: labels - 1, background 0 -> 255 (as detectron2's script)."""
+    n = 0
+    for src_split, dst_split in (("training", "training"), ("validation", "validation")):
+        src = root / "ADEChallengeData2016/annotations" / src_split
+        for p in sorted(src.glob("*.png")):
+            out = root / "ADEChallengeData2016/annotations_detectron2" / dst_split / p.name
+            if out.exists():
+                continue
+            lab = np.asarray(Image.open(p)).astype(np.int64) - 1
+            write_label_map(out, np.where(lab < 0, 255, lab))
+            n += 1
+    return {"ade20k_semantic_maps": n}
+
+
+def ade20k_panoptic(root: Path) -> dict:
+    """ADE20K-150 panoptic from the instance annotations (R = class 1..150, G = instance id) for things
+    and the semantic annotation for stuff, as Mask2Former's prepare_ade20k_pan_seg.py does."""
+    from pipeline.data.formats import write_panoptic_png, bbox_of
+    from pipeline.data.vocab import load_packaged_vocabulary
+
+    vocab = load_packaged_vocabulary("ade20k_150")
+    thing = {c.id for c in vocab.classes if c.isthing}
+    counts = {}
+    for split, name in (("training", "train"), ("validation", "val")):
+        images, anns = [], []
+        for p in sorted((root / "ADEChallengeData2016/annotations" / split).glob("*.png")):
+            sem = np.asarray(Image.open(p)).astype(np.int64) - 1
+            inst_path = root / "ADEChallengeData2016/annotations_instance" / split / p.name
+            inst = np.asarray(Image.open(inst_path).convert("RGB")).astype(np.int64) if inst_path.exists() else None
+            ids = np.zeros(sem.shape, np.uint32)
+            segs, next_id = [], 1
+            for c in np.unique(sem):
+                if c < 0 or c in thing:
+                    continue
+                m = sem == c
+                ids[m] = next_id
+                segs.append({"id": next_id, "category_id": int(c), "iscrowd": 0, "area": int(m.sum()),
+                             "bbox": bbox_of(m)})
+                next_id += 1
+            if inst is not None:
+                for cls, ins in {(int(a), int(b)) for a, b in zip(inst[..., 0].ravel(), inst[..., 1].ravel())}:
+                    c = cls - 1
+                    if c < 0 or c not in thing or ins == 0:
+                        continue
+                    m = (inst[..., 0] == cls) & (inst[..., 1] == ins)
+                    ids[m] = next_id
+                    segs.append({"id": next_id, "category_id": c, "iscrowd": 0, "area": int(m.sum()),
+                                 "bbox": bbox_of(m)})
+                    next_id += 1
+            present = set(np.unique(ids).tolist())
+            segs = [s for s in segs if s["id"] in present]
+            write_panoptic_png(root / f"ADEChallengeData2016/ade20k_panoptic_{name}" / p.name, ids)
+            h, w = sem.shape
+            images.append({"id": p.stem, "file_name": p.stem + ".jpg", "height": h, "width": w})
+            anns.append({"image_id": p.stem, "file_name": p.name, "segments_info": segs})
+        cats = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in vocab.classes]
+        write_json(root / f"ADEChallengeData2016/ade20k_panoptic_{name}.json",
+                   {"images": images, "annotations": anns, "categories": cats}, indent=None)
+        counts[f"ade20k_panoptic_{name}"] = len(anns)
+    return counts
+
+
+def prepare_ade20k(root: Path) -> dict:
+    return {**ade20k_semantic(root), **ade20k_panoptic(root)}
+
+
+def _resize_short(img: Image.Image, short: int, resample) -> Image.Image:
+    w, h = img.size
+    s = short / min(w, h)
+    return img.resize((round(w * s), round(h * s)), resample) if s < 1 else img
+
+
+def prepare_ade20k_full(root: Path) -> dict:
+    """ADE20K-847: *_seg.png class = R/10*256 + G (ADE20K toolkit) mapped to train ids via the vocabulary's
+    ids, 65535 elsewhere; images and labels resized to short side 512; labels written as uint16 TIFF."""
+    from pipeline.data.vocab import load_packaged_vocabulary
+
+    records = json.loads((resources.files("pipeline") / "vocab" / "ade20k_847.json").read_text())
+    to_train = {r["id"]: r["trainId"] for r in records}
+    assert len(load_packaged_vocabulary("ade20k_847")) == 847
+    base = root / "ADE20K_2021_17_01"
+    n = 0
+    for split in ("training", "validation"):
+        for seg in sorted((base / "images/ADE" / split).rglob("*_seg.png")):
+            stem = seg.name[: -len("_seg.png")]
+            out = base / "annotations_detectron2" / split / f"{stem}.tif"
+            if out.exists():
+                continue
+            rgb = np.asarray(Image.open(seg).convert("RGB")).astype(np.int64)
+            cls = rgb[..., 0] // 10 * 256 + rgb[..., 1]
+            lut = np.full(cls.max() + 1, 65535, np.int64)
+            for k, v in to_train.items():
+                if k < len(lut):
+                    lut[k] = v
+            label = Image.fromarray(lut[cls].astype(np.uint16))
+            img = Image.open(seg.with_name(f"{stem}.jpg")).convert("RGB")
+            img = _resize_short(img, 512, Image.BILINEAR)
+            label = label.resize(img.size, Image.NEAREST)
+            (base / "images_detectron2" / split).mkdir(parents=True, exist_ok=True)
+            img.save(base / "images_detectron2" / split / f"{stem}.jpg", quality=95)
+            write_label_map(out, np.asarray(label), sixteen_bit=True)
+            n += 1
+    return {"ade20k_847_maps": n}
+
+
+def prepare_pascal_context(root: Path) -> dict:
+    """PC-459 (uint16 TIFF, label-1, 65535 ignore) and PC-59 (uint8 PNG via class names, 255 ignore) from the
+    459-class .mat files; images copied from VOC2010 for the val list."""
+    from scipy.io import loadmat
+
+    from pipeline.data.vocab import load_packaged_vocabulary
+
+    v459, v59 = load_packaged_vocabulary("pascal_ctx_459"), load_packaged_vocabulary("pascal_ctx_59")
+    name59 = {n: i for i, n in enumerate(v59.names)}
+    lut59 = np.full(65536, 255, np.int64)
+    for i, n in enumerate(v459.names):
+        if n in name59:
+            lut59[i] = name59[n]
+    base, n = root / "pascal_ctx_d2", 0
+    for split, list_name in (("training", "train.txt"), ("validation", "val.txt")):
+        ids_file = root / "VOCdevkit/VOC2010/pascal_context" / list_name
+        if not ids_file.exists():
+            continue
+        for stem in ids_file.read_text().split():
+            mat = root / "VOCdevkit/VOC2010/pascal_context/trainval" / f"{stem}.mat"
+            lab = loadmat(mat)["LabelMap"].astype(np.int64) - 1
+            lab459 = np.where(lab < 0, 65535, lab)
+            write_label_map(base / "annotations_ctx459" / split / f"{stem}.tif", lab459, sixteen_bit=True)
+            write_label_map(base / "annotations_ctx59" / split / f"{stem}.png",
+                            np.where(lab459 == 65535, 255, lut59[np.clip(lab459, 0, 65535)]))
+            img_dst = base / "images" / split / f"{stem}.jpg"
+            img_dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "VOCdevkit/VOC2010/JPEGImages" / f"{stem}.jpg", img_dst)
+            n += 1
+    return {"pascal_context_maps": n}
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "coco": DatasetSpec("coco", (
+        Source("http://images.cocodataset.org/zips/train2017.zip", "coco_train2017.zip", "coco"),
+        Source("http://images.cocodataset.org/zips/val2017.zip", "coco_val2017.zip", "coco"),
+        Source("http://images.cocodataset.org/annotations/panoptic_annotations_trainval2017.zip",
+               "coco_panoptic_annotations_trainval2017.zip", "coco"),
+    ), expected=("coco/val2017", "coco/annotations/panoptic_val2017.json"), prepare=prepare_coco),
+    "ade20k": DatasetSpec("ade20k", (
+        Source("http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip", "ADEChallengeData2016.zip"),
+        Source("http://sceneparsing.csail.mit.edu/data/ChallengeData2017/annotations_instance.tar",
+               "ade20k_annotations_instance.tar", "ADEChallengeData2016"),
+    ), expected=("ADEChallengeData2016/images/validation",), prepare=prepare_ade20k),
+    "ade20k_full": DatasetSpec("ade20k_full", manual=(
+        "ADE20K-full needs a free account: register at https://groups.csail.mit.edu/vision/datasets/ADE20K/, "
+        "download ADE20K_2021_17_01.zip and unzip it so that <root>/ADE20K_2021_17_01/images/ADE/validation "
+        "exists, then re-run this stage to convert it."),
+        expected=("ADE20K_2021_17_01/images/ADE/validation",), prepare=prepare_ade20k_full),
+    "pascal_context": DatasetSpec("pascal_context", (
+        Source("http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar", "VOCtrainval_2010.tar"),
+    ), manual=(
+        "Pascal Context's 459-class annotations are distributed by the dataset authors "
+        "(https://cs.stanford.edu/~roozbeh/pascal-context/): accept their terms, download trainval.tar.gz and "
+        "extract it to <root>/VOCdevkit/VOC2010/pascal_context/trainval/*.mat, with train.txt and val.txt "
+        "beside it, then re-run this stage."),
+        expected=("VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/pascal_context/trainval"),
+        prepare=prepare_pascal_context),
+    "mapillary_vistas": DatasetSpec("mapillary_vistas", manual=(
+        "Mapillary Vistas v1.2 needs a login: request it at https://www.mapillary.com/dataset/vistas, unzip it to "
+        "<root>/mapillary_vistas so that validation/images, validation/panoptic/panoptic_2018.json and "
+        "validation/labels exist, then re-run this stage to verify it."),
+        expected=("mapillary_vistas/validation/images", "mapillary_vistas/validation/panoptic/panoptic_2018.json",
+                  "mapillary_vistas/validation/labels")),
+}
+
+
+def fetch_dataset(spec: DatasetSpec, root: Path, checksums: dict[str, str | None]) -> dict:
+    for src in spec.sources:
+        archive = fetch(src.url, root / "downloads" / src.file, checksums.get(src.file))
+        marker = root / "downloads" / f".{src.file}.extracted"
+        if not marker.exists():
+            safe_extract(archive, root / src.extract_to if src.extract_to else root)
+            marker.write_text(sha256_of(archive))
+    missing = [p for p in spec.expected if not (root / p).exists()]
+    if missing:
+        raise DatasetError(f"{spec.name}: missing {[str(root / p) for p in missing]}. {spec.manual}".strip())
+    result = spec.prepare(root) if spec.prepare else {}
+    unpinned = [s.file for s in spec.sources if not checksums.get(s.file)]
+    return {"dataset": spec.name, "verified_checksums": not unpinned, "unpinned": unpinned, **result}
+
+
+def prepare_datasets(names: list[str], root: Path, toy_params, caption_size: int) -> dict:
+    """Fetch/prepare each named dataset under ``root``; 'toy' generates the shapes world."""
+    from pipeline.data.toy import generate_toy_world
+
+    out: dict = {"datasets": {}}
+    checksums = pinned_checksums()
+    for name in names:
+        if name == "toy":
+            out["datasets"]["toy"] = generate_toy_world(
+                root, seed=toy_params.seed, image_size=toy_params.image_size, n_train=toy_params.n_train,
+                n_val=toy_params.n_val, n_open=toy_params.n_open, n_captions=toy_params.n_captions,
+                caption_size=caption_size, max_things=toy_params.max_things)
+        elif name in DATASETS:
+            out["datasets"][name] = fetch_dataset(DATASETS[name], root, checksums)
+        else:
+            raise DatasetError(f"unknown dataset {name!r}; valid: toy, {', '.join(DATASETS)}")
+    return out

@@ -1,0 +1,72 @@
+"""Build the FOV-Seg classifier and its text embeddings from params and the backbones stage's outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.classifier import FOVSeg
+from models.clip_backbone import build_clip, load_state_dict
+from models.mask_encoder import TevaConfig
+from models.text_cache import TextEmbeddingCache, clip_text_encoder
+from pipeline.config import ClipParams, ModelParams
+from pipeline.data.vocab import Vocabulary
+
+TOY_CLIP_FILE = "clip.pt"
+
+
+def load_clip(clip_params: ClipParams, backbones_dir: str | Path, device: torch.device | str = "cpu"):
+    """The CLIP the classifier starts from: the toy pre-trained one when ``pretrained`` is empty."""
+    if clip_params.pretrained:
+        return build_clip(clip_params.model, clip_params.pretrained, device=device)
+    path = Path(backbones_dir) / TOY_CLIP_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"pre-trained toy CLIP {path} not found; run `dvc repro backbones` first")
+    clip, tokenizer = build_clip(clip_params.model, allow_random=True, device=device)
+    clip.load_state_dict(load_state_dict(path))
+    return clip, tokenizer
+
+
+def clip_weights_id(clip_params: ClipParams, backbones_dir: str | Path) -> str:
+    """Identifies the CLIP weights for the text-embedding cache key."""
+    if clip_params.pretrained:
+        return clip_params.pretrained
+    path = Path(backbones_dir) / TOY_CLIP_FILE
+    return f"{path}@{path.stat().st_mtime_ns}" if path.exists() else str(path)
+
+
+def build_classifier(clip, model_params: ModelParams, image_size: int) -> FOVSeg:
+    return FOVSeg(clip, TevaConfig(model_params.teva.target_attention, model_params.teva.image_attention),
+                  adapter_layers=model_params.adapter_layers, adapter_channels=model_params.adapter_channels,
+                  fiser_layers=model_params.fiser.layers if model_params.fiser.enabled else 0,
+                  fiser_heads=model_params.fiser.heads, image_size=image_size)
+
+
+def vocabulary_embeddings(model: FOVSeg, tokenizer, vocab: Vocabulary, templates: tuple[str, ...],
+                          cache_dir: str | Path, model_id: str, weights_id: str, device: torch.device | str = "cpu"
+                          ) -> torch.Tensor:
+    """Cached (C, E) text embeddings of a vocabulary (prompt templates x synonyms)."""
+    cache = TextEmbeddingCache(cache_dir)
+    synonyms = [c.synonyms for c in vocab.classes]
+    encode = clip_text_encoder(model.clip, tokenizer, device)
+    return cache.get(model_id, weights_id, synonyms, templates, encode).to(device)
+
+
+def load_checkpoint_weights(model: FOVSeg, path: str | Path) -> dict:
+    """Load a training checkpoint's model weights (weights_only); returns its metadata."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ckpt["model"], strict=True)
+    return {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler")}
+
+
+def prepare_classifier(clip_params: ClipParams, model_params: ModelParams, backbones_dir: str | Path,
+                       device: torch.device | str = "cpu") -> tuple[FOVSeg, object, str]:
+    """CLIP -> FOV-Seg with the trainable selection applied (LoRA injected if asked).
+
+    Returns (model, tokenizer, weights_id)."""
+    from models.trainable import select_trainable
+
+    clip, tokenizer = load_clip(clip_params, backbones_dir, device="cpu")
+    model = build_classifier(clip, model_params, clip_params.image_size)
+    select_trainable(model, model_params.trainable, tune_text=model_params.tune_text)
+    return model.to(device), tokenizer, clip_weights_id(clip_params, backbones_dir)

@@ -1,0 +1,81 @@
+"""Process-level helpers: device choice, seeding, git commit, atomic metric files, logging."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.data.formats import write_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_logging() -> None:
+    """Our loggers at $FOVSEG_LOG (default INFO); third-party chatter (open_clip, mlflow) at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("fovseg", "pipeline", "stages", "models"):
+        logging.getLogger(name).setLevel(os.environ.get("FOVSEG_LOG", "INFO"))
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' requested but no CUDA device is visible; set device: auto or cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(choice)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
+    """Metric JSONs are written atomically: a failed stage never leaves a half-written file."""
+    write_json(path, _jsonable(metrics))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return round(float(obj), 6)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory on GPU; peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def init_seed_and_device(seed: int, device: str) -> torch.device:
+    seed_everything(seed)
+    return pick_device(device)

@@ -1,0 +1,64 @@
+"""Stage `backbones`: toy preset - pre-train the tiny CLIP and tiny Mask2Former; paper preset - locate
+the pretrained weights (open_clip tag / hub id) and record them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.clip_backbone import build_clip
+from models.generators import build_mask2former
+from pipeline.backbones import pretrain_clip, pretrain_mask2former
+from pipeline.config import Params
+from pipeline.data.loaders import BenchmarkDataset
+from pipeline.data.registry import dataset_root, get_benchmark
+from pipeline.modeling import TOY_CLIP_FILE
+from pipeline.runtime import pick_device, write_metrics
+from stages.common import parser, run, tracker
+
+
+def main(args, params: Params) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(params.device)
+    clip_p, gen_p = params.backbones.clip, params.backbones.generator
+    root = dataset_root(params.data.root or None)
+    metrics: dict = {}
+    with tracker(params, "backbones") as t:
+        if clip_p.pretrained:
+            build_clip(clip_p.model, clip_p.pretrained)  # fails early with instructions if unreachable
+            metrics["clip"] = f"{clip_p.model}/{clip_p.pretrained}"
+        else:
+            pp = clip_p.pretrain
+            model, _, m = pretrain_clip(clip_p.model, root, pp.steps, pp.batch_size, pp.lr, pp.weight_decay,
+                                        params.seed, device)
+            torch.save(model.state_dict(), out / TOY_CLIP_FILE)
+            curve = m.pop("clip_loss_curve")
+            for i, v in enumerate(curve[:: max(1, len(curve) // 100)]):
+                t.log_metrics({"clip_loss": v}, step=i)
+            metrics.update(m)
+        if gen_p.source == "hub":
+            build_mask2former(gen_p.name)
+            metrics["generator"] = gen_p.name
+        else:
+            pp = gen_p.pretrain
+            train = BenchmarkDataset(get_benchmark(params.data.train_benchmark), root)
+            model, m = pretrain_mask2former(train, gen_p.image_size, pp.steps, pp.batch_size, pp.lr,
+                                            pp.weight_decay, params.seed, device)
+            model.save_pretrained(out / "mask2former")
+            m.pop("m2f_loss_curve")
+            metrics.update(m)
+        write_metrics(args.metrics, metrics)
+        t.log_metrics(metrics)
+    return metrics
+
+
+def build_parser():
+    ap = parser(__doc__)
+    ap.add_argument("--out", default="outputs/backbones")
+    ap.add_argument("--metrics", default="metrics/backbones.json")
+    return ap
+
+
+if __name__ == "__main__":
+    run(main, build_parser())

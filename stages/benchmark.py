@@ -1,0 +1,61 @@
+"""Stage `benchmark`: parameters, training time, inference images/s and peak memory on a small and a large
+vocabulary benchmark (paper Table II: ADE-150 vs ADE-847), measured side by side."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from models.trainable import count_parameters
+from pipeline.config import Params
+from pipeline.data.loaders import BenchmarkDataset
+from pipeline.data.proposal_store import ProposalStore
+from pipeline.data.registry import dataset_root, get_benchmark
+from pipeline.efficiency import compare_vocabularies
+from pipeline.modeling import load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
+from pipeline.runtime import init_seed_and_device, write_metrics
+from stages.common import TEXT_CACHE, parser, run, tracker
+
+
+def main(args, params: Params) -> dict:
+    device = init_seed_and_device(params.seed, params.device)
+    bp, ev = params.benchmark, params.evaluate
+    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, args.backbones, device)
+    load_checkpoint_weights(model, args.checkpoint)
+    root = dataset_root(params.data.root or None)
+    runs = {}
+    for name, store in ((bp.small_vocab, args.small_proposals), (bp.large_vocab, args.large_proposals)):
+        ds = BenchmarkDataset(get_benchmark(name), root)
+        text = vocabulary_embeddings(model, tokenizer, ds.vocab, params.model.templates, TEXT_CACHE,
+                                     params.backbones.clip.model, weights_id, device)
+        runs[name] = (ds, ProposalStore(store), text)
+    figures = compare_vocabularies(model, runs, repeats=3, n_images=bp.n_images, n_proposals=bp.n_proposals,
+                                   short=ev.test_short_side, max_size=ev.test_max_side, device=device)
+    train = json.loads(Path(args.train_metrics).read_text())
+    small, large = figures[bp.small_vocab], figures[bp.large_vocab]
+    metrics = {**count_parameters(model), "train_seconds": train["train_seconds"], "gpu_hours": train["gpu_hours"],
+               "train_iterations": train["iterations"], "device": str(device),
+               "vocab_sizes": {k: len(v[0].vocab) for k, v in runs.items()},
+               "inference": figures, "large_vs_small_throughput": large["images_per_s"] / small["images_per_s"],
+               "n_proposals": bp.n_proposals}
+    write_metrics(args.metrics, metrics)
+    with tracker(params, "benchmark") as t:
+        t.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        t.log_metrics({f"{b}_{k}": v for b, d in figures.items() for k, v in d.items()})
+    return metrics
+
+
+def build_parser():
+    ap = parser(__doc__)
+    ap.add_argument("--backbones", default="outputs/backbones")
+    ap.add_argument("--checkpoint", default="outputs/train/model.pt")
+    ap.add_argument("--train-metrics", default="metrics/train.json")
+    ap.add_argument("--small-proposals", required=True)
+    ap.add_argument("--large-proposals", required=True)
+    ap.add_argument("--metrics", default="metrics/benchmark.json")
+    return ap
+
+
+if __name__ == "__main__":
+    run(main, build_parser())

@@ -1,0 +1,39 @@
+"""Shared stage plumbing: argument parsing, params loading, logging, clean failure messages."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from pipeline.config import Params, ParamsError, load_params, to_dict
+from pipeline.data.formats import DatasetError
+from pipeline.runtime import setup_logging
+from pipeline.tracking import Tracker
+
+log = logging.getLogger("fovseg")
+TEXT_CACHE = Path("cache/text_embeddings")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return ap
+
+
+def run(main: Callable[[argparse.Namespace, Params], dict], ap: argparse.ArgumentParser,
+        argv: list[str] | None = None) -> dict:
+    """Parse args, load params, run ``main``; known failures exit 1 with one clear line, no traceback."""
+    setup_logging()
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        return main(args, params)
+    except (ParamsError, DatasetError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+
+
+def tracker(params: Params, stage: str, run_name: str | None = None) -> Tracker:
+    return Tracker(params.tracking.experiment, stage, to_dict(params), run_name=run_name)

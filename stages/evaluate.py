@@ -1,0 +1,70 @@
+"""Stage `evaluate`: PQ/SQ/RQ and mIoU/fwIoU/mACC/pACC on one benchmark, for the trained model and for the
+untrained baseline (the same classifier before training = CLIP zero-shot mask classification)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import Params
+from pipeline.data.loaders import BenchmarkDataset
+from pipeline.data.proposal_store import ProposalStore
+from pipeline.data.registry import benchmark_vocabulary, dataset_root, get_benchmark
+from pipeline.evaluation import evaluate, seen_unseen_groups
+from pipeline.modeling import load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
+from pipeline.runtime import init_seed_and_device, write_metrics
+from stages.common import TEXT_CACHE, parser, run, tracker
+
+HEADLINE = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "PQ_seen", "PQ_unseen", "mIoU", "mIoU_seen", "mIoU_unseen",
+            "fwIoU", "mACC", "pACC")
+
+
+def evaluate_model(params: Params, benchmark: str, backbones: str, checkpoint: str | None, proposals: str,
+                   pred_dir: Path | None) -> dict:
+    device = init_seed_and_device(params.seed, params.device)
+    ev, mp = params.evaluate, params.model
+    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, mp, backbones, device)
+    if checkpoint:
+        load_checkpoint_weights(model, checkpoint)
+    bench = get_benchmark(benchmark)
+    ds = BenchmarkDataset(bench, dataset_root(params.data.root or None))
+    text = vocabulary_embeddings(model, tokenizer, ds.vocab, mp.templates, TEXT_CACHE, params.backbones.clip.model,
+                                 weights_id, device)
+    train_vocab = benchmark_vocabulary(get_benchmark(params.data.train_benchmark))
+    groups = seen_unseen_groups(ds.vocab.names, train_vocab.names)
+    return evaluate(model, ds, text, proposals=ProposalStore(proposals), short_side=ev.test_short_side,
+                    max_side=ev.test_max_side, object_threshold=ev.object_threshold,
+                    overlap_threshold=ev.overlap_threshold, device=device, groups=groups, pred_dir=pred_dir,
+                    max_images=ev.max_images)
+
+
+def main(args, params: Params) -> dict:
+    trained = evaluate_model(params, args.benchmark, args.backbones, args.checkpoint, args.proposals,
+                             Path(args.predictions))
+    baseline = evaluate_model(params, args.benchmark, args.backbones, None, args.proposals, None)
+    metrics = {k: trained[k] for k in HEADLINE if k in trained}
+    metrics.update({"benchmark": args.benchmark, "images": trained["images"],
+                    "skipped_images": trained["skipped_images"], "seconds_per_image": trained["seconds_per_image"],
+                    "baseline": {k: baseline[k] for k in HEADLINE if k in baseline},
+                    "per_class": {"class": trained["classes"], "IoU": trained["IoU_per_class"],
+                                  "IoU_baseline": baseline["IoU_per_class"],
+                                  **({"PQ": trained["PQ_per_class"]} if "PQ_per_class" in trained else {})}})
+    write_metrics(args.metrics, metrics)
+    with tracker(params, "evaluate", run_name=f"evaluate@{args.benchmark}") as t:
+        t.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        t.log_metrics({f"baseline_{k}": v for k, v in metrics["baseline"].items()})
+        t.log_table(metrics["per_class"], f"per_class_{args.benchmark}.json")
+    return metrics
+
+
+def build_parser():
+    ap = parser(__doc__)
+    ap.add_argument("--benchmark", required=True)
+    ap.add_argument("--backbones", default="outputs/backbones")
+    ap.add_argument("--checkpoint", default="outputs/train/model.pt")
+    ap.add_argument("--proposals", required=True)
+    ap.add_argument("--predictions", required=True)
+    ap.add_argument("--metrics", required=True)
+    return ap
+
+
+if __name__ == "__main__":
+    run(main, build_parser())

@@ -1,0 +1,63 @@
+"""Stage `proposals`: run the frozen mask generator once over a benchmark split into the proposal store."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from models.generators import Mask2FormerGenerator, build_mask2former
+from pipeline.config import Params
+from pipeline.data.loaders import BenchmarkDataset, iter_samples
+from pipeline.data.proposal_store import ProposalWriter
+from pipeline.data.registry import dataset_root, get_benchmark
+from pipeline.runtime import pick_device, write_metrics
+from stages.common import parser, run, tracker
+
+
+def main(args, params: Params) -> dict:
+    gen_p, prop_p = params.backbones.generator, params.proposals
+    device = pick_device(params.device)
+    name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
+    generator = Mask2FormerGenerator(build_mask2former(name), gen_p.image_size, prop_p.max_proposals,
+                                     prop_p.mask_threshold, prop_p.min_area, device)
+    ds = BenchmarkDataset(get_benchmark(args.benchmark), dataset_root(params.data.root or None))
+    t0 = time.perf_counter()
+    stats: dict = {}
+    with ProposalWriter(args.out, meta={"generator": name, "benchmark": args.benchmark,
+                                        **{k: getattr(prop_p, k) for k in ("max_proposals", "mask_threshold",
+                                                                           "min_area")}}) as writer:
+        batch: list = []
+        counter = __import__("collections").Counter()
+        for s in tqdm(iter_samples(ds, stats=counter), total=len(ds), desc=f"proposals {args.benchmark}"):
+            batch.append(s)
+            if len(batch) == prop_p.batch_size:
+                _flush(generator, batch, writer)
+        _flush(generator, batch, writer)
+    meta = {"images": counter["read"], "skipped_images": counter["skipped"], "seconds": time.perf_counter() - t0}
+    stats.update(meta)
+    write_metrics(args.metrics, stats)
+    with tracker(params, "proposals", run_name=f"proposals@{args.benchmark}") as t:
+        t.log_metrics(stats)
+    return stats
+
+
+def _flush(generator: Mask2FormerGenerator, batch: list, writer: ProposalWriter) -> None:
+    if not batch:
+        return
+    for s, p in zip(batch, generator([s.image for s in batch])):
+        writer.add(s.image_id, p.masks, p.scores)
+    batch.clear()
+
+
+def build_parser():
+    ap = parser(__doc__)
+    ap.add_argument("--benchmark", required=True)
+    ap.add_argument("--backbones", default="outputs/backbones")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
+    return ap
+
+
+if __name__ == "__main__":
+    run(main, build_parser())
