@@ -49,7 +49,7 @@ def evaluate(model: FOVSeg | None, ds: BenchmarkDataset, text_embeds: torch.Tens
     for s in tqdm(iter_samples(ds, limit=max_images, stats=stats), total=max_images or len(ds),
                   desc=f"eval {ds.bench.name}"):
         h, w = s.image.shape[:2]
-        gt_masks, gt_labels = s.segment_masks(include_crowd=True)
+        gt_masks, gt_labels = _ground_truth_regions(s)
         if proposals is None:
             masks, scores = gt_masks, np.ones(len(gt_masks), np.float32)
         else:
@@ -58,10 +58,6 @@ def evaluate(model: FOVSeg | None, ds: BenchmarkDataset, text_embeds: torch.Tens
         masks_t = torch.from_numpy(masks)
         t0 = time.perf_counter()
         if oracle_classifier or model is None:
-            if not len(gt_masks) and s.semantic is not None:  # semantic benchmarks: gt regions per class
-                labels = [c for c in np.unique(s.semantic) if c != ds.bench.ignore_label]
-                gt_masks = np.stack([s.semantic == c for c in labels]) if labels else gt_masks
-                gt_labels = np.array(labels, np.int64)
             probs = oracle_class_probs(masks_t, torch.from_numpy(gt_masks), torch.from_numpy(gt_labels), len(vocab))
         else:
             image = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device)
@@ -89,6 +85,16 @@ def evaluate(model: FOVSeg | None, ds: BenchmarkDataset, text_embeds: torch.Tens
     out.update({"images": n_img, "skipped_images": stats["skipped"], "empty_images": stats["empty"],
                 "seconds_per_image": t_model / max(n_img, 1), "classes": vocab.names})
     return out
+
+
+def _ground_truth_regions(s) -> tuple[np.ndarray, np.ndarray]:
+    """Panoptic segments (crowd included), or one region per class of a semantic-only ground truth."""
+    if s.id_map is not None:
+        return s.segment_masks(include_crowd=True)
+    labels = [int(c) for c in np.unique(s.semantic) if c != s.ignore_label]
+    if not labels:
+        return np.zeros((0, *s.semantic.shape), bool), np.zeros((0,), np.int64)
+    return np.stack([s.semantic == c for c in labels]), np.array(labels, np.int64)
 
 
 def _write_prediction(pred_dir: Path, image_id: str, id_map: np.ndarray, segs: list[dict], vocab) -> dict:

@@ -40,7 +40,11 @@ def load_eval(metrics_dir: Path) -> dict[str, dict]:
 
 
 def _fmt(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and pd.isna(v)) else f"{v:.1f}" if isinstance(v, float) else str(v)
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
 
 
 def table1(evals: dict[str, dict]) -> pd.DataFrame:
@@ -71,7 +75,11 @@ def table2(bench: dict | None, train: dict | None) -> pd.DataFrame:
 def toy_table(evals: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for name, m in evals.items():
-        for model, vals in (("trained", m), ("baseline (untrained)", m.get("baseline", {}))):
+        for model, vals in (("trained", m), ("baseline (untrained)", m.get("baseline", {})),
+                            ("oracle classifier (Fig. 2a)", m.get("oracle_classifier")),
+                            ("oracle generator (Fig. 2b)", m.get("oracle_generator"))):
+            if vals is None:
+                continue
             rows.append({"benchmark": name, "model": model,
                          **{k: vals.get(k) for k in ("PQ", "PQ_seen", "PQ_unseen", "mIoU", "mIoU_seen", "mIoU_unseen")}})
     return pd.DataFrame(rows)
@@ -79,7 +87,7 @@ def toy_table(evals: dict[str, dict]) -> pd.DataFrame:
 
 def _write_table(df: pd.DataFrame, out: Path, stem: str, caption: str, index: bool = True) -> str:
     shown = df.map(_fmt)
-    md = shown.to_markdown(index=index)
+    md = shown.to_markdown(index=index, disable_numparse=True)
     (out / f"{stem}.md").write_text(f"# {caption}\n\n{md}\n\n{MIOU_NOTE}\n")
     (out / f"{stem}.tex").write_text(shown.to_latex(index=index, caption=caption, label=f"tab:{stem}"))
     return md

@@ -17,8 +17,9 @@ HEADLINE = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "PQ_seen", "PQ_unseen", "mIoU", 
             "fwIoU", "mACC", "pACC")
 
 
-def evaluate_model(params: Params, benchmark: str, backbones: str, checkpoint: str | None, proposals: str,
-                   pred_dir: Path | None) -> dict:
+def evaluate_model(params: Params, benchmark: str, backbones: str, checkpoint: str | None, proposals: str | None,
+                   pred_dir: Path | None, oracle_classifier: bool = False) -> dict:
+    """``proposals=None``: ground-truth masks (oracle generator); ``oracle_classifier``: gt labels (Fig. 2)."""
     device = init_seed_and_device(params.seed, params.device)
     ev, mp = params.evaluate, params.model
     model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, mp, backbones, device)
@@ -30,7 +31,8 @@ def evaluate_model(params: Params, benchmark: str, backbones: str, checkpoint: s
                                  weights_id, device)
     train_vocab = benchmark_vocabulary(get_benchmark(params.data.train_benchmark))
     groups = seen_unseen_groups(ds.vocab.names, train_vocab.names)
-    return evaluate(model, ds, text, proposals=ProposalStore(proposals), short_side=ev.test_short_side,
+    return evaluate(model, ds, text, proposals=ProposalStore(proposals) if proposals else None,
+                    oracle_classifier=oracle_classifier, short_side=ev.test_short_side,
                     max_side=ev.test_max_side, object_threshold=ev.object_threshold,
                     overlap_threshold=ev.overlap_threshold, device=device, groups=groups, pred_dir=pred_dir,
                     max_images=ev.max_images)
@@ -40,17 +42,23 @@ def main(args, params: Params) -> dict:
     trained = evaluate_model(params, args.benchmark, args.backbones, args.checkpoint, args.proposals,
                              Path(args.predictions))
     baseline = evaluate_model(params, args.benchmark, args.backbones, None, args.proposals, None)
+    oracle_cls = evaluate_model(params, args.benchmark, args.backbones, args.checkpoint, args.proposals, None,
+                                oracle_classifier=True)
+    oracle_gen = evaluate_model(params, args.benchmark, args.backbones, args.checkpoint, None, None)
     metrics = {k: trained[k] for k in HEADLINE if k in trained}
     metrics.update({"benchmark": args.benchmark, "images": trained["images"],
                     "skipped_images": trained["skipped_images"], "seconds_per_image": trained["seconds_per_image"],
                     "baseline": {k: baseline[k] for k in HEADLINE if k in baseline},
+                    "oracle_classifier": {k: oracle_cls[k] for k in HEADLINE if k in oracle_cls},
+                    "oracle_generator": {k: oracle_gen[k] for k in HEADLINE if k in oracle_gen},
                     "per_class": {"class": trained["classes"], "IoU": trained["IoU_per_class"],
                                   "IoU_baseline": baseline["IoU_per_class"],
                                   **({"PQ": trained["PQ_per_class"]} if "PQ_per_class" in trained else {})}})
     write_metrics(args.metrics, metrics)
     with tracker(params, "evaluate", run_name=f"evaluate@{args.benchmark}") as t:
         t.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        t.log_metrics({f"baseline_{k}": v for k, v in metrics["baseline"].items()})
+        for group in ("baseline", "oracle_classifier", "oracle_generator"):
+            t.log_metrics({f"{group}_{k}": v for k, v in metrics[group].items()})
         t.log_table(metrics["per_class"], f"per_class_{args.benchmark}.json")
     return metrics
 

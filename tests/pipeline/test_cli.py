@@ -1,0 +1,53 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from models.clip_backbone import build_clip
+from models.generators import build_mask2former
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_backbones(tmp_path_factory):
+    d = tmp_path_factory.mktemp("backbones")
+    torch.manual_seed(0)
+    clip, _ = build_clip("fovseg-tiny", allow_random=True)
+    torch.save(clip.state_dict(), d / "clip.pt")
+    build_mask2former("fovseg-tiny", 96, random_init=True).save_pretrained(d / "mask2former")
+    return d
+
+
+def test_predict_writes_overlay_and_segments(tiny_backbones, toy_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = next((toy_root / "toy/images/open").glob("*.png"))
+    main(["predict", str(image), "--classes", "red circle, grass, sky, blue square", "--params",
+          str(REPO / "params.yaml"), "--backbones", str(tiny_backbones), "--zero-shot", "--threshold", "0.0",
+          "--out", "pred"])
+    result = json.loads((tmp_path / "pred" / f"{image.stem}_segments.json").read_text())
+    assert result["classes"] == ["red circle", "grass", "sky", "blue square"]
+    assert all(s["label"] in result["classes"] for s in result["segments"])
+    overlay = Image.open(tmp_path / "pred" / f"{image.stem}_overlay.png")
+    assert overlay.size[0] >= 96
+
+
+def test_predict_without_checkpoint_says_what_to_do(tiny_backbones, toy_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image = next((toy_root / "toy/images/open").glob("*.png"))
+    with pytest.raises(SystemExit):
+        main(["predict", str(image), "--classes", "a, b", "--params", str(REPO / "params.yaml"), "--backbones",
+              str(tiny_backbones), "--checkpoint", "nope.pt"])
+    assert "dvc repro train" in capsys.readouterr().err
+
+
+def test_preset_switch_round_trips(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    main(["preset", "paper", "--params", str(params)])
+    assert "preset: paper" in params.read_text()
+    main(["preset", "toy", "--params", str(params)])
+    assert params.read_text() == (REPO / "params.yaml").read_text()
