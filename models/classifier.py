@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.clip_backbone import clip_input_stats
-from models.fiser import FiserPredictor
+from models.fiser import FiserPredictor, fiser_loss
 from models.mask_encoder import MaskCLIPVisual, TevaConfig
 
 
@@ -68,8 +68,10 @@ class FOVSeg(nn.Module):
         return (x - self.pixel_mean) / self.pixel_std
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, text_embeds: torch.Tensor,
-                size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-        """images (B,3,H,W) in [0,255]; masks (B,Q,H,W) in [0,1]; text_embeds (C,E) normalised.
+                size: tuple[int, int] | None = None, fiser_class_sets: list[list[int]] | None = None
+                ) -> dict[str, torch.Tensor]:
+        """images (B,3,H,W) in [0,255]; masks (B,Q,H,W) in [0,1]; text_embeds (C,E) normalised; with
+        ``fiser_class_sets`` (each image's ground-truth classes) also returns ``loss_fiser``.
 
         Returns ``logits`` (B,Q,C) = scale * cosine, normalised ``mask_embeds`` and ``patch_embeds``."""
         x = self.preprocess(images, size)
@@ -78,5 +80,9 @@ class FOVSeg(nn.Module):
         out = self.visual(x, m, text_embeds)
         mask_embeds = F.normalize(out["mask_embeds"], dim=-1)
         logits = self.logit_scale * mask_embeds @ text_embeds.t()
-        return {"logits": logits, "mask_embeds": mask_embeds, "patch_embeds": out["patch_embeds"],
-                "image_embeds": F.normalize(out["image_embeds"], dim=-1)}
+        result = {"logits": logits, "mask_embeds": mask_embeds, "patch_embeds": out["patch_embeds"],
+                  "image_embeds": F.normalize(out["image_embeds"], dim=-1)}
+        if fiser_class_sets is not None and self.fiser is not None:  # training only; inside forward for DDP
+            result["loss_fiser"] = fiser_loss(self.fiser, text_embeds.float(), fiser_class_sets,
+                                              out["patch_embeds"].float())
+        return result

@@ -24,7 +24,6 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from models.classifier import FOVSeg
-from models.fiser import fiser_loss
 from models.losses import IGNORE, assign_targets, mask_classification_loss
 from models.trainable import is_backbone_parameter
 from pipeline.data.loaders import BenchmarkDataset
@@ -212,11 +211,12 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
             batch = collate([train_set.load(i) for i in idx])
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 text = text_embeds().to(device)
-                out = ddp_model(batch.images.to(device), batch.masks.to(device), text)
+                use_fiser = model.fiser is not None and loss_weights.get("fiser", 0) > 0
+                out = ddp_model(batch.images.to(device), batch.masks.to(device), text,
+                                fiser_class_sets=batch.class_sets if use_fiser else None)
                 terms = {"ce": mask_classification_loss(out["logits"].float(), batch.targets.to(device))}
-                if model.fiser is not None and loss_weights.get("fiser", 0) > 0:
-                    terms["fiser"] = fiser_loss(model.fiser, text.float(), batch.class_sets,
-                                                out["patch_embeds"].float())
+                if use_fiser:
+                    terms["fiser"] = out["loss_fiser"]
                 loss = sum(loss_weights.get(k, 1.0) * v for k, v in terms.items())
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
