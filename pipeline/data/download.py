@@ -167,6 +167,8 @@ def coco_semantic_from_panoptic(root: Path) -> dict:
     id_to_label = load_packaged_vocabulary("coco_panoptic").id_to_label()
     n = 0
     for split in ("train", "val"):
+        if not (root / f"coco/annotations/panoptic_{split}2017.json").is_file():
+            continue
         ann = read_json(root / f"coco/annotations/panoptic_{split}2017.json")
         out_dir = root / f"coco/panoptic_semseg_{split}2017"
         for a in ann["annotations"]:
