@@ -9,7 +9,6 @@ from models.clip_backbone import clip_input_stats
 from models.fiser import FiserPredictor, fiser_loss
 from models.mask_encoder import MaskCLIPVisual, TevaConfig
 
-
 MASK_CELLS = 4  # the adapter sees masks at 4x4 cells per patch, whatever the input resolution
 
 
@@ -36,14 +35,15 @@ class FOVSeg(nn.Module):
     :class:`MaskCLIPVisual`, the text tower is kept to encode vocabularies.
     """
 
-    def __init__(self, clip_model: nn.Module, teva: TevaConfig = TevaConfig(), adapter_layers: int = 2,
+    def __init__(self, clip_model: nn.Module, teva: TevaConfig | None = None, adapter_layers: int = 2,
                  adapter_channels: int = 16, fiser_layers: int = 0, fiser_heads: int = 4,
                  image_size: int | None = None):
         super().__init__()
         embed_dim = clip_model.text_projection.shape[-1] if hasattr(clip_model, "text_projection") and \
             clip_model.text_projection is not None else clip_model.visual.output_dim
         mean, std = clip_input_stats(clip_model)
-        self.visual = MaskCLIPVisual(clip_model.visual, embed_dim, teva, adapter_layers, adapter_channels)
+        self.visual = MaskCLIPVisual(clip_model.visual, embed_dim, teva or TevaConfig(), adapter_layers,
+                                     adapter_channels)
         clip_model.visual = None  # the re-assembled tower owns the weights now
         self.clip = clip_model
         self.fiser = FiserPredictor(embed_dim, fiser_layers, fiser_heads) if fiser_layers > 0 else None

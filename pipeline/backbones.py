@@ -13,7 +13,7 @@ from tqdm import tqdm
 from models.clip_backbone import build_clip
 from models.generators import build_mask2former
 from pipeline.data.loaders import BenchmarkDataset
-from pipeline.data.toy import COLORS, SHAPES, TOY_CLASSES, load_captions, render_scene
+from pipeline.data.toy import TOY_CLASSES, load_captions, render_scene
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def pretrain_clip(model_name: str, captions_root: Path, steps: int, batch_size: 
     model.train()
     t0, losses = time.perf_counter(), []
     bar = tqdm(range(steps), desc="pretrain CLIP")
-    for step in bar:
+    for _ in bar:
         idx = torch.randint(0, len(captions), (batch_size,), generator=gen)
         x = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])).permute(0, 3, 1, 2).float().to(device)
         if x.shape[-1] != size:
@@ -68,7 +68,8 @@ def zero_shot_accuracy(model: torch.nn.Module, tokenizer, size: int, seed: int, 
     things = [c for c in TOY_CLASSES if c.info.isthing]
     stuffs = [c for c in TOY_CLASSES if not c.info.isthing]
     rng = np.random.default_rng([seed, 12345])
-    text = F.normalize(model.encode_text(tokenizer([f"a photo of a {c.info.name}." for c in things]).to(device)), dim=-1)
+    prompts = [f"a photo of a {c.info.name}." for c in things]
+    text = F.normalize(model.encode_text(tokenizer(prompts).to(device)), dim=-1)
     labels = rng.integers(0, len(things), n)
     ims = np.stack([render_scene([things[k]], [stuffs[rng.integers(len(stuffs))]], size, rng, min_area=1).image
                     for k in labels])

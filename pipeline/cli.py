@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 
-def _overlay(image: np.ndarray, id_map: np.ndarray, segments: list[dict], names: list[str]) -> "Image.Image":
-    from PIL import Image, ImageDraw
+def _overlay(image: np.ndarray, id_map: np.ndarray, segments: list[dict], names: list[str]) -> Image.Image:
+    from PIL import ImageDraw
 
     rng = np.random.default_rng(0)
     colours = rng.integers(40, 255, (len(segments) + 1, 3))

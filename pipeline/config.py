@@ -58,7 +58,8 @@ class DataParams:
         _check(self.train_benchmark in BENCHMARKS, f"{key}.train_benchmark",
                f"unknown benchmark {self.train_benchmark!r}; valid: {sorted(BENCHMARKS)}")
         for name in self.eval_benchmarks:
-            _check(name in BENCHMARKS, f"{key}.eval_benchmarks", f"unknown benchmark {name!r}; valid: {sorted(BENCHMARKS)}")
+            _check(name in BENCHMARKS, f"{key}.eval_benchmarks",
+                   f"unknown benchmark {name!r}; valid: {sorted(BENCHMARKS)}")
         for name in self.download:
             _check(name in DOWNLOADABLE, f"{key}.download", f"unknown dataset {name!r}; valid: {sorted(DOWNLOADABLE)}")
         self.toy.validate(f"{key}.toy")
@@ -306,7 +307,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
         return value
     if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"expected a number, got {value!r}")
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")

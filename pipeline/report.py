@@ -26,6 +26,7 @@ TABLE1_COLUMNS = [  # (column title, benchmark, metric)
 PAPER_KEYS = {"A-847 mIoU": "ade20k_847", "PC-459 mIoU": "pascal_ctx_459", "A-150 PQ": "ade20k_150_PQ",
               "A-150 mIoU": "ade20k_150", "PC-59 mIoU": "pascal_ctx_59", "MV PQ": "mapillary_vistas_PQ",
               "COCO PQ": "coco_panoptic_val_PQ"}
+TOY_COLUMNS = ("PQ", "PQ_seen", "PQ_unseen", "mIoU", "mIoU_seen", "mIoU_unseen")
 MIOU_NOTE = ("mIoU follows detectron2's current formula: per-class IoU = TP/(TP+FP+FN), averaged over classes "
              "with ground-truth pixels; the ignore label (255, or 65535 for ADE-847/PC-459) is excluded. "
              "PQ follows the COCO panoptic API (IoU > 0.5 matching, void and crowd handling).")
@@ -81,7 +82,7 @@ def toy_table(evals: dict[str, dict]) -> pd.DataFrame:
             if vals is None:
                 continue
             rows.append({"benchmark": name, "model": model,
-                         **{k: vals.get(k) for k in ("PQ", "PQ_seen", "PQ_unseen", "mIoU", "mIoU_seen", "mIoU_unseen")}})
+                         **{k: vals.get(k) for k in TOY_COLUMNS}})
     return pd.DataFrame(rows)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from models.trainable import count_parameters
 from pipeline.config import Params
 from pipeline.data.loaders import BenchmarkDataset

@@ -43,7 +43,8 @@ def main(args, params: Params) -> dict:
     config = {"model": to_dict(mp), "train": to_dict(tp), "seed": params.seed, "clip": to_dict(params.backbones.clip)}
     with tracker(params, "train") as t:
         try:
-            result = train(model, train_set, text_fn, out_dir=Path(args.checkpoints), iterations=tp.iterations, batch_size=tp.batch_size, lr=tp.lr,
+            result = train(model, train_set, text_fn, out_dir=Path(args.checkpoints), iterations=tp.iterations,
+                           batch_size=tp.batch_size, lr=tp.lr,
                            weight_decay=tp.weight_decay, backbone_lr_mult=tp.backbone_lr_mult,
                            warmup_iters=tp.warmup_iters, schedule=tp.schedule, checkpoint_every=tp.checkpoint_every,
                            loss_weights={"fiser": tp.loss_weights.fiser, "ce": tp.loss_weights.ce}, amp=tp.amp,

@@ -161,8 +161,8 @@ def pinned_checksums() -> dict[str, str | None]:
 # ----------------------------------------------------------------------------- preparation steps
 def coco_semantic_from_panoptic(root: Path) -> dict:
     """coco/panoptic_semseg_{split}2017/*.png: contiguous 0..132 labels, 255 unlabeled."""
-    from pipeline.data.vocab import load_packaged_vocabulary
     from pipeline.data.formats import read_panoptic_png
+    from pipeline.data.vocab import load_packaged_vocabulary
 
     id_to_label = load_packaged_vocabulary("coco_panoptic").id_to_label()
     n = 0
@@ -215,7 +215,7 @@ def ade20k_semantic(root: Path) -> dict:
 def ade20k_panoptic(root: Path) -> dict:
     """ADE20K-150 panoptic from the instance annotations (R = class 1..150, G = instance id) for things
     and the semantic annotation for stuff, as Mask2Former's prepare_ade20k_pan_seg.py does."""
-    from pipeline.data.formats import write_panoptic_png, bbox_of
+    from pipeline.data.formats import bbox_of, write_panoptic_png
     from pipeline.data.vocab import load_packaged_vocabulary
 
     vocab = load_packaged_vocabulary("ade20k_150")

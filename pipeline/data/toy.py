@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from pipeline.data.formats import atomic_path, bbox_of, write_json, write_label_map, write_panoptic_png
+from pipeline.data.formats import atomic_path, bbox_of, write_json
 from pipeline.data.vocab import ClassInfo, Vocabulary
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -57,9 +57,10 @@ def _all_classes() -> list[ToyClass]:
         for shape in SHAPES:
             name = f"{color} {shape}"
             syn = (name, f"{color} {shape}s")
-            out.append(ToyClass(ClassInfo(cid, name, True, syn, rgb), color, shape, None, is_unseen_thing(color, shape)))
+            info = ClassInfo(cid, name, True, syn, rgb)
+            out.append(ToyClass(info, color, shape, None, is_unseen_thing(color, shape)))
             cid += 1
-    for i, stuff in enumerate(STUFF):
+    for stuff in STUFF:
         rgb = tuple(int(v) for v in _STUFF_BASE[stuff])
         out.append(ToyClass(ClassInfo(cid, stuff, False, (stuff,), rgb), None, None, stuff, stuff in UNSEEN_STUFF))
         cid += 1

@@ -81,7 +81,7 @@ def test_toy_world_is_deterministic(tmp_path):
 
 
 def test_train_split_has_only_seen_classes_and_open_has_unseen(toy_root):
-    from pipeline.data.toy import unseen_class_names, toy_vocabulary
+    from pipeline.data.toy import toy_vocabulary, unseen_class_names
 
     unseen = unseen_class_names()
     assert not unseen & set(toy_vocabulary("toy_seen").names)

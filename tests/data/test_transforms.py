@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.data.transforms import apply_joint, lsj_transform, eval_resize_shape
+from pipeline.data.transforms import apply_joint, eval_resize_shape, lsj_transform
 
 
 def test_lsj_moves_image_ground_truth_and_proposals_together():

@@ -1,7 +1,6 @@
 import pytest
 
-from pipeline.data.vocab import (ClassInfo, Vocabulary, VocabularyError, load_packaged_vocabulary,
-                                 vocabulary_from_names)
+from pipeline.data.vocab import ClassInfo, Vocabulary, VocabularyError, load_packaged_vocabulary, vocabulary_from_names
 
 
 @pytest.mark.parametrize("stem,n", [("coco_panoptic", 133), ("ade20k_150", 150), ("ade20k_847", 847),

@@ -15,5 +15,8 @@ def tiny_clip():
     return model.eval(), tokenizer
 
 
-def make_fovseg(clip, teva=TevaConfig(False, False), adapter_layers=0, fiser_layers=0) -> FOVSeg:
+PLAIN = TevaConfig(False, False)
+
+
+def make_fovseg(clip, teva=PLAIN, adapter_layers=0, fiser_layers=0) -> FOVSeg:
     return FOVSeg(copy.deepcopy(clip), teva=teva, adapter_layers=adapter_layers, fiser_layers=fiser_layers).eval()

@@ -1,6 +1,7 @@
 """DDP path on CPU (gloo, 2 processes on loopback): the code GPUs run with torchrun."""
 import os
 import socket
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -32,7 +33,7 @@ def _worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -> No
     ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
     emb = torch.nn.functional.normalize(torch.randn(len(ds.vocab), model.embed_dim,
                                                     generator=torch.Generator().manual_seed(1)), dim=-1)
-    train(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 8), lambda: emb, out_dir=__import__("pathlib").Path(out_dir),
+    train(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 8), lambda: emb, out_dir=Path(out_dir),
           iterations=2, batch_size=4, lr=1e-3, weight_decay=0.05, backbone_lr_mult=0.1, warmup_iters=0,
           schedule="poly", checkpoint_every=2, loss_weights={"ce": 2.0, "fiser": 1.0}, amp=True, seed=0,
           device=torch.device("cpu"), config={})
