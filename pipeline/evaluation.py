@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from models.classifier import FOVSeg
 from models.inference import oracle_class_probs, panoptic_inference, semantic_inference
-from pipeline.data.formats import bbox_of, write_json, write_panoptic_png
+from pipeline.data.formats import bbox_of, write_json, write_label_map, write_panoptic_png
 from pipeline.data.loaders import BenchmarkDataset, iter_samples
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.transforms import eval_resize_shape
@@ -68,13 +68,19 @@ def evaluate(model: FOVSeg | None, ds: BenchmarkDataset, text_embeds: torch.Tens
         n_img += 1
         mask_probs = masks_t.float()
         obj = torch.from_numpy(scores)
-        sem.add(s.semantic, semantic_inference(probs, mask_probs, obj).numpy())
+        sem_pred = semantic_inference(probs, mask_probs, obj).numpy()
+        sem.add(s.semantic, sem_pred)
+        if pred_dir is not None:
+            big = len(vocab) > 255
+            write_label_map(pred_dir / "semantic" / f"{s.image_id}{'.tif' if big else '.png'}", sem_pred, big)
         if pq is not None:
             id_map, segs = panoptic_inference(probs, mask_probs, obj, is_thing, object_threshold, overlap_threshold)
             gt_segs = [{"id": g.id, "label": g.label, "iscrowd": g.iscrowd} for g in s.segments]
             pq.add(s.id_map, gt_segs, id_map.numpy(), segs)
             if pred_dir is not None:
                 annotations.append(_write_prediction(pred_dir, s.image_id, id_map.numpy(), segs, vocab))
+    if pred_dir is not None:
+        pred_dir.mkdir(parents=True, exist_ok=True)
     if pred_dir is not None and pq is not None:
         categories = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in vocab.classes]
         write_json(pred_dir / "predictions.json", {"annotations": annotations, "categories": categories}, indent=None)

@@ -31,7 +31,7 @@ def build_parser():
     ap = parser(__doc__)
     ap.add_argument("--root", default=None, help="dataset root (default: data.root, $DETECTRON2_DATASETS, datasets/)")
     ap.add_argument("--datasets", nargs="*", default=None, help="override data.download")
-    ap.add_argument("--manifest", default="metrics/download.json")
+    ap.add_argument("--manifest", default="outputs/datasets.json")
     return ap
 
 

@@ -29,13 +29,17 @@ def evaluate_model(params: Params, benchmark: str, backbones: str, checkpoint: s
     ds = BenchmarkDataset(bench, dataset_root(params.data.root or None))
     text = vocabulary_embeddings(model, tokenizer, ds.vocab, mp.templates, TEXT_CACHE, params.backbones.clip.model,
                                  weights_id, device)
-    train_vocab = benchmark_vocabulary(get_benchmark(params.data.train_benchmark))
-    groups = seen_unseen_groups(ds.vocab.names, train_vocab.names)
+    groups = groups_of(params, benchmark)
     return evaluate(model, ds, text, proposals=ProposalStore(proposals) if proposals else None,
                     oracle_classifier=oracle_classifier, short_side=ev.test_short_side,
                     max_side=ev.test_max_side, object_threshold=ev.object_threshold,
                     overlap_threshold=ev.overlap_threshold, device=device, groups=groups, pred_dir=pred_dir,
                     max_images=ev.max_images)
+
+
+def groups_of(params: Params, benchmark: str) -> dict[str, list[int]]:
+    vocab = benchmark_vocabulary(get_benchmark(benchmark))
+    return seen_unseen_groups(vocab.names, benchmark_vocabulary(get_benchmark(params.data.train_benchmark)).names)
 
 
 def main(args, params: Params) -> dict:
@@ -52,6 +56,8 @@ def main(args, params: Params) -> dict:
                     "oracle_classifier": {k: oracle_cls[k] for k in HEADLINE if k in oracle_cls},
                     "oracle_generator": {k: oracle_gen[k] for k in HEADLINE if k in oracle_gen},
                     "per_class": {"class": trained["classes"], "IoU": trained["IoU_per_class"],
+                                  "unseen": [i in set(groups_of(params, args.benchmark)["unseen"])
+                                             for i in range(len(trained["classes"]))],
                                   "IoU_baseline": baseline["IoU_per_class"],
                                   **({"PQ": trained["PQ_per_class"]} if "PQ_per_class" in trained else {})}})
     write_metrics(args.metrics, metrics)
