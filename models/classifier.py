@@ -28,6 +28,18 @@ def fit_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return flat.reshape(b, q, *size)
 
 
+def joint_dim(clip_model: nn.Module) -> int:
+    """Dimension of CLIP's joint image-text space (CLIP or CustomTextCLIP)."""
+    proj = getattr(clip_model, "text_projection", None)
+    if proj is None and hasattr(clip_model, "text"):
+        proj = getattr(clip_model.text, "text_projection", None)
+        if proj is None:
+            return int(clip_model.text.output_dim)
+    if isinstance(proj, nn.Linear):
+        return proj.out_features
+    return int(proj.shape[-1])
+
+
 class FOVSeg(nn.Module):
     """Classifies proposal masks against text embeddings of an arbitrary vocabulary.
 
@@ -39,8 +51,7 @@ class FOVSeg(nn.Module):
                  adapter_channels: int = 16, fiser_layers: int = 0, fiser_heads: int = 4,
                  image_size: int | None = None):
         super().__init__()
-        embed_dim = clip_model.text_projection.shape[-1] if hasattr(clip_model, "text_projection") and \
-            clip_model.text_projection is not None else clip_model.visual.output_dim
+        embed_dim = joint_dim(clip_model)
         mean, std = clip_input_stats(clip_model)
         self.visual = MaskCLIPVisual(clip_model.visual, embed_dim, teva or TevaConfig(), adapter_layers,
                                      adapter_channels)

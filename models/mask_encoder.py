@@ -1,4 +1,4 @@
-"""CLIP ViT image encoder with per-proposal mask tokens and TeVA.
+"""CLIP ViT image encoder (open_clip ViTs and timm EVA trunks) with per-proposal mask tokens and TeVA.
 
 Sequence per image: [CLS, patches] (image tokens, plain CLIP self-attention, never see mask
 tokens) and Q mask tokens (copies of [CLS] with its position embedding). A mask token attends to
@@ -64,6 +64,31 @@ class SplitAttention(nn.Module):
         b, h, n, dh = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * dh))
 
+    @classmethod
+    def from_eva(cls, attn: nn.Module) -> "SplitAttention":
+        """From timm's ``EvaAttention`` (fused ``qkv`` with q/v biases, or separate projections)."""
+        if not isinstance(attn.q_norm, nn.Identity) or not isinstance(attn.norm, nn.Identity) or attn.gate is not None:
+            raise ValueError("EVA attention with qk-norm, scale-norm or gating is not supported by the mask encoder")
+        dim = attn.proj.in_features
+        ref = attn.proj.weight
+        split = cls(dim, attn.num_heads).to(device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            if attn.qkv is not None:
+                weights = attn.qkv.weight.chunk(3)
+                zeros = torch.zeros(dim, device=ref.device, dtype=ref.dtype)
+                q_bias = attn.q_bias if attn.q_bias is not None else zeros
+                v_bias = attn.v_bias if attn.v_bias is not None else zeros
+                biases = (q_bias, zeros, v_bias)
+            else:
+                lins = (attn.q_proj, attn.k_proj, attn.v_proj)
+                weights = tuple(lin.weight for lin in lins)
+                biases = tuple(lin.bias if lin.bias is not None else torch.zeros(dim) for lin in lins)
+            for lin, w, b in zip((split.q_proj, split.k_proj, split.v_proj), weights, biases):
+                lin.weight.copy_(w)
+                lin.bias.copy_(b)
+        split.out_proj = attn.proj
+        return split
+
     def keys_values(self, kv_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._heads(self.k_proj(kv_in)), self._heads(self.v_proj(kv_in))
 
@@ -94,14 +119,38 @@ class TargetAttention(nn.Module):
         return out.transpose(1, 2).reshape(b, q_len, d)
 
 
+class Scale(nn.Module):
+    """LayerScale over a borrowed parameter (timm EVA's ``gamma_1``/``gamma_2``)."""
+
+    def __init__(self, gamma: nn.Parameter):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def open_clip_block_parts(block: nn.Module) -> dict[str, nn.Module]:
+    """ln_1, attn, ls_1, ln_2, mlp, ls_2 of an open_clip ``ResidualAttentionBlock``."""
+    return {"ln_1": block.ln_1, "attn": SplitAttention.from_multihead(block.attn), "ls_1": block.ls_1,
+            "ln_2": block.ln_2, "mlp": block.mlp, "ls_2": block.ls_2}
+
+
+def eva_block_parts(block: nn.Module) -> dict[str, nn.Module]:
+    """The same parts of a timm ``EvaBlock`` (drop-path is ignored: the tower is frozen or fine-tuned gently)."""
+    return {"ln_1": block.norm1, "attn": SplitAttention.from_eva(block.attn),
+            "ls_1": Scale(block.gamma_1) if block.gamma_1 is not None else nn.Identity(), "ln_2": block.norm2,
+            "mlp": block.mlp, "ls_2": Scale(block.gamma_2) if block.gamma_2 is not None else nn.Identity()}
+
+
 class MaskBlock(nn.Module):
     """One CLIP residual block applied to image tokens and (masked, TeVA) mask tokens."""
 
-    def __init__(self, block: nn.Module, text_dim: int, teva: TevaConfig):
+    def __init__(self, parts: dict[str, nn.Module], text_dim: int, teva: TevaConfig):
         super().__init__()
-        self.ln_1, self.ln_2, self.mlp = block.ln_1, block.ln_2, block.mlp
-        self.ls_1, self.ls_2 = block.ls_1, block.ls_2
-        self.attn = SplitAttention.from_multihead(block.attn)
+        self.ln_1, self.ln_2, self.mlp = parts["ln_1"], parts["ln_2"], parts["mlp"]
+        self.ls_1, self.ls_2 = parts["ls_1"], parts["ls_2"]
+        self.attn = parts["attn"]
         self.teva_cfg = teva
         self.teva = TargetAttention(self.attn.q_proj.in_features, text_dim, self.attn.heads) if teva.enabled else None
 
@@ -127,30 +176,64 @@ class MaskBlock(nn.Module):
 
 
 class MaskCLIPVisual(nn.Module):
-    """open_clip ``VisionTransformer`` re-assembled for mask tokens; weights are shared copies."""
+    """An open_clip vision tower re-assembled for mask tokens (its weights are reused, not copied):
+    open_clip's own ``VisionTransformer`` (ViT-B-16, ViT-L-14-336, ...) or a timm EVA trunk
+    (``EVA01-g-14-plus`` and other ``TimmModel`` towers whose trunk is timm's ``Eva``)."""
 
     def __init__(self, visual: nn.Module, text_dim: int, teva: TevaConfig, adapter_layers: int = 2,
                  adapter_channels: int = 16):
         super().__init__()
+        if hasattr(visual, "trunk"):
+            parts = self._take_eva(visual)
+        else:
+            parts = self._take_open_clip(visual)
+        self.blocks = nn.ModuleList(MaskBlock(p, text_dim, teva) for p in parts)
+        self.adapter = DistributionAdapter(adapter_layers, adapter_channels) if adapter_layers > 0 else None
+
+    def _take_open_clip(self, visual: nn.Module) -> list[dict[str, nn.Module]]:
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
             raise ValueError("mask tokens need a ViT pooled by its class token (open_clip pool_type='tok', "
                              "no attentional pooling)")
-        if not hasattr(visual, "conv1") or not hasattr(visual.transformer, "resblocks"):
-            raise ValueError(f"{type(visual).__name__} is not an open_clip VisionTransformer; timm-backed towers "
-                             "(EVA) are not supported by the mask classifier yet")
+        if not hasattr(visual, "conv1") or not hasattr(getattr(visual, "transformer", None), "resblocks"):
+            raise ValueError(f"{type(visual).__name__} is not a ViT the mask classifier supports")
         self.conv1 = visual.conv1
         self.class_embedding = visual.class_embedding
         self.positional_embedding = visual.positional_embedding
         self.ln_pre, self.ln_post, self.proj = visual.ln_pre, visual.ln_post, visual.proj
+        self.head = None
         self.patch_size = visual.patch_size[0]
-        self.native_grid = visual.grid_size
-        self.blocks = nn.ModuleList(MaskBlock(b, text_dim, teva) for b in visual.transformer.resblocks)
-        self.adapter = DistributionAdapter(adapter_layers, adapter_channels) if adapter_layers > 0 else None
+        self.native_grid = tuple(visual.grid_size)
+        return [open_clip_block_parts(b) for b in visual.transformer.resblocks]
+
+    def _take_eva(self, visual: nn.Module) -> list[dict[str, nn.Module]]:
+        trunk = visual.trunk
+        if type(trunk).__name__ != "Eva":
+            raise ValueError(f"timm trunk {type(trunk).__name__} is not supported; the mask classifier takes "
+                             "open_clip ViTs and timm Eva trunks")
+        if trunk.rope is not None or trunk.cls_token is None or trunk.num_prefix_tokens != 1 or \
+                trunk.global_pool != "token" or trunk.pos_embed is None:
+            raise ValueError("the EVA trunk must use one class token, absolute position embeddings, no RoPE, "
+                             "and class-token pooling (EVA01-style)")
+        if not isinstance(trunk.patch_embed.norm, nn.Identity):
+            raise ValueError("EVA patch embedding with a norm layer is not supported")
+        self.conv1 = trunk.patch_embed.proj
+        self.class_embedding = trunk.cls_token
+        self.positional_embedding = trunk.pos_embed
+        self.ln_pre, self.ln_post, self.proj = trunk.norm_pre, trunk.norm, None
+        self.head = nn.Sequential(trunk.fc_norm, trunk.head_drop, trunk.head, visual.head)
+        self.patch_size = trunk.patch_embed.patch_size[0]
+        self.native_grid = tuple(trunk.patch_embed.grid_size)
+        return [eva_block_parts(b) for b in trunk.blocks]
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Final projection into CLIP's joint space (a matrix for open_clip ViTs, timm's head for EVA)."""
+        return x @ self.proj if self.head is None else self.head(x)
 
     # -- embeddings
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1 + gh*gw, D) position embeddings, bilinearly interpolated for a new grid."""
         pe = self.positional_embedding
+        pe = pe.reshape(-1, pe.shape[-1])
         if tuple(grid) == tuple(self.native_grid):
             return pe
         cls_pe, patch_pe = pe[:1], pe[1:]
@@ -185,7 +268,7 @@ class MaskCLIPVisual(nn.Module):
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)
         pe = self.position_embedding(grid).to(x.dtype)
-        cls = (self.class_embedding + pe[0]).to(x.dtype)
+        cls = (self.class_embedding.reshape(-1) + pe[0]).to(x.dtype)
         x = torch.cat([cls.expand(x.shape[0], 1, -1), x + pe[1:]], dim=1)
         x = self.ln_pre(x)
         b, q = masks.shape[:2]
@@ -195,5 +278,5 @@ class MaskCLIPVisual(nn.Module):
             x, m = block(x, m, bias, text)
         x = self.ln_post(x)
         m = self.ln_post(m)
-        return {"image_embeds": x[:, 0] @ self.proj, "patch_embeds": x[:, 1:] @ self.proj,
-                "mask_embeds": m @ self.proj}
+        return {"image_embeds": self.project(x[:, 0]), "patch_embeds": self.project(x[:, 1:]),
+                "mask_embeds": self.project(m)}

@@ -10,7 +10,7 @@ from pipeline.config import Params
 from pipeline.data.download import prepare_datasets
 from pipeline.data.registry import dataset_root
 from pipeline.runtime import write_metrics
-from stages.common import parser, run, tracker
+from stages.common import log, parser, run, tracker
 
 
 def main(args, params: Params) -> dict:
@@ -18,11 +18,12 @@ def main(args, params: Params) -> dict:
     names = args.datasets or list(params.data.download)
     t0 = time.perf_counter()
     summary = prepare_datasets(names, root, params.data.toy, params.backbones.clip.image_size)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    seconds = round(time.perf_counter() - t0, 2)
     summary["root"] = str(root)
-    write_metrics(args.manifest, summary)
+    write_metrics(args.manifest, summary)  # deterministic content: downstream stages depend on it
+    log.info("datasets ready under %s in %.1f s", root, seconds)
     with tracker(params, "download") as t:
-        t.log_metrics({"download_seconds": summary["seconds"]})
+        t.log_metrics({"download_seconds": seconds})
         t.log_artifact(args.manifest)
     return summary
 

@@ -393,10 +393,11 @@ def prepare_datasets(names: list[str], root: Path, toy_params, caption_size: int
     checksums = pinned_checksums()
     for name in names:
         if name == "toy":
-            out["datasets"]["toy"] = generate_toy_world(
+            out["datasets"]["toy"] = manifest = generate_toy_world(
                 root, seed=toy_params.seed, image_size=toy_params.image_size, n_train=toy_params.n_train,
                 n_val=toy_params.n_val, n_open=toy_params.n_open, n_captions=toy_params.n_captions,
                 caption_size=caption_size, max_things=toy_params.max_things)
+            log.info("toy world generated in %.1f s", manifest.pop("seconds"))
         elif name in DATASETS:
             out["datasets"][name] = fetch_dataset(DATASETS[name], root, checksums)
         else:

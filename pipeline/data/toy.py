@@ -323,9 +323,9 @@ def generate_toy_world(root: str | Path, *, seed: int, image_size: int, n_train:
     summary = [write_split(root, s, sizes[s], image_size, max_things, seed) for s in SPLITS]
     summary.append(write_captions(root, n_captions, caption_size, seed))
     manifest = {"seed": seed, "image_size": image_size, "splits": summary,
-                "unseen_classes": sorted(unseen_class_names()), "seconds": round(time.perf_counter() - t0, 2)}
+                "unseen_classes": sorted(unseen_class_names())}
     write_json(base / "manifest.json", manifest)
-    return manifest
+    return {**manifest, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def load_captions(root: str | Path) -> tuple[np.ndarray, list[str]]:
