@@ -9,7 +9,18 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FOVSEG_SHARED", REPO.parent / "shared"))
+
+def _shared_dir() -> Path:
+    """``$FOVSEG_SHARED``, else the ``shared/`` folder beside the checkout (as CI lays it out)."""
+    if os.environ.get("FOVSEG_SHARED"):
+        return Path(os.environ["FOVSEG_SHARED"])
+    for parent in REPO.parents:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared"
+    return REPO.parent / "shared"
+
+
+SHARED = _shared_dir()
 COCO_SAMPLE = SHARED / "data" / "coco_panoptic_sample"
 
 
