@@ -1,6 +1,7 @@
 """Build the FOV-Seg classifier and its text embeddings from params and the backbones stage's outputs."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -28,11 +29,20 @@ def load_clip(clip_params: ClipParams, backbones_dir: str | Path, device: torch.
 
 
 def clip_weights_id(clip_params: ClipParams, backbones_dir: str | Path) -> str:
-    """Identifies the CLIP weights for the text-embedding cache key."""
+    """Identifies the CLIP weights (text-embedding cache key, resume guard): the pretrained tag, or a
+    content hash of the toy pre-trained checkpoint."""
     if clip_params.pretrained:
         return clip_params.pretrained
     path = Path(backbones_dir) / TOY_CLIP_FILE
-    return f"{path}@{path.stat().st_mtime_ns}" if path.exists() else str(path)
+    return file_digest(path) if path.exists() else str(path)
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def build_classifier(clip, model_params: ModelParams, image_size: int) -> FOVSeg:

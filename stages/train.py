@@ -12,7 +12,7 @@ from pipeline.config import Params, to_dict
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
-from pipeline.modeling import prepare_classifier, vocabulary_embeddings
+from pipeline.modeling import file_digest, prepare_classifier, vocabulary_embeddings
 from pipeline.runtime import init_seed_and_device, write_metrics
 from pipeline.training import TrainingDiverged, TrainingInterrupted, TrainSet, init_distributed, train, write_curve
 from stages.common import TEXT_CACHE, log, parser, run, tracker
@@ -40,7 +40,10 @@ def main(args, params: Params) -> dict:
         def text_fn() -> torch.Tensor:
             return cached
     counts = count_parameters(model)
-    config = {"model": to_dict(mp), "train": to_dict(tp), "seed": params.seed, "clip": to_dict(params.backbones.clip)}
+    # a checkpoint is resumed only if it was trained from the same settings, weights and proposals
+    config = {"model": to_dict(mp), "train": to_dict(tp), "seed": params.seed, "clip": to_dict(params.backbones.clip),
+              "clip_weights": weights_id, "benchmark": params.data.train_benchmark,
+              "proposals": file_digest(Path(args.proposals) / "index.json") if store is not None else None}
     with tracker(params, "train") as t:
         try:
             result = train(model, train_set, text_fn, out_dir=Path(args.checkpoints), iterations=tp.iterations,
