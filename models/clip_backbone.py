@@ -40,7 +40,9 @@ def build_clip(model_name: str, pretrained: str = "", device: str | torch.device
             f"no weights given for {model_name}: set backbones.clip.pretrained to an open_clip tag "
             "(e.g. 'openai') or a local checkpoint file; random weights are only used when asked for")
     tokenizer = open_clip.get_tokenizer(model_name)
-    if pretrained and Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or Path(pretrained).is_file():
+    is_file_path = bool(pretrained) and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
+                                         or Path(pretrained).is_file())
+    if is_file_path:
         if not Path(pretrained).is_file():
             raise WeightsUnavailableError(f"CLIP checkpoint {pretrained} not found; download the {model_name} "
                                           "weights and put the file there, or fix backbones.clip.pretrained")

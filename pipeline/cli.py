@@ -46,8 +46,8 @@ def predict(args: argparse.Namespace) -> dict:
     from pipeline.config import load_params
     from pipeline.data.formats import bbox_of, read_image
     from pipeline.data.vocab import vocabulary_from_names
-    from pipeline.evaluation import _input_size
-    from pipeline.modeling import load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
+    from pipeline.evaluation import classifier_input_size
+    from pipeline.modeling import TEXT_CACHE_DIR, load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
     from pipeline.runtime import pick_device
 
     params = load_params(args.params)
@@ -65,13 +65,13 @@ def predict(args: argparse.Namespace) -> dict:
             raise FileNotFoundError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
                                     "or use --zero-shot to classify with the pretrained CLIP alone")
         load_checkpoint_weights(model, checkpoint)
-    text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, "cache/text_embeddings",
+    text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, TEXT_CACHE_DIR,
                                  params.backbones.clip.model, weights_id, device)
     props = generator([image])[0]
     h, w = image.shape[:2]
     masks = torch.from_numpy(props.masks)
     with torch.inference_mode():
-        size = _input_size(h, w, params.evaluate.test_short_side, params.evaluate.test_max_side,
+        size = classifier_input_size(h, w, params.evaluate.test_short_side, params.evaluate.test_max_side,
                            model.visual.patch_size)
         logits = model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), masks[None].to(device),
                               text, size=size)["logits"][0]

@@ -25,7 +25,7 @@ def seen_unseen_groups(vocab_names: list[str], train_names: list[str]) -> dict[s
     return {"seen": seen, "unseen": [i for i in range(len(vocab_names)) if i not in set(seen)]}
 
 
-def _input_size(h: int, w: int, short: int, max_size: int, patch: int) -> tuple[int, int]:
+def classifier_input_size(h: int, w: int, short: int, max_size: int, patch: int) -> tuple[int, int]:
     th, tw = eval_resize_shape(h, w, short, max_size)
     return max(patch, round(th / patch) * patch), max(patch, round(tw / patch) * patch)
 
@@ -61,7 +61,7 @@ def evaluate(model: FOVSeg | None, ds: BenchmarkDataset, text_embeds: torch.Tens
             probs = oracle_class_probs(masks_t, torch.from_numpy(gt_masks), torch.from_numpy(gt_labels), len(vocab))
         else:
             image = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device)
-            size = _input_size(h, w, short_side, max_side, patch)
+            size = classifier_input_size(h, w, short_side, max_side, patch)
             logits = model(image, masks_t[None].to(device), text_embeds.to(device), size=size)["logits"][0]
             probs = logits.float().softmax(-1).cpu()
         t_model += time.perf_counter() - t0

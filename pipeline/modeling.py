@@ -14,6 +14,7 @@ from pipeline.config import ClipParams, ModelParams
 from pipeline.data.vocab import Vocabulary
 
 TOY_CLIP_FILE = "clip.pt"
+TEXT_CACHE_DIR = Path("cache/text_embeddings")  # shared by train, evaluate, benchmark and predict
 
 
 def load_clip(clip_params: ClipParams, backbones_dir: str | Path, device: torch.device | str = "cpu"):

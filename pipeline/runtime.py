@@ -67,15 +67,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory on GPU; peak resident set size of this process on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def init_seed_and_device(seed: int, device: str) -> torch.device:
     seed_everything(seed)
     return pick_device(device)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +92,3 @@ class Tracker:
             except Exception as err:  # noqa: BLE001
                 log.warning("MLflow end_run failed (%s)", err)
 
-
-def temp_artifact_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="fovseg-mlflow-")

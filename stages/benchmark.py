@@ -11,9 +11,9 @@ from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
 from pipeline.efficiency import compare_vocabularies
-from pipeline.modeling import load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
+from pipeline.modeling import TEXT_CACHE_DIR, load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
 from pipeline.runtime import init_seed_and_device, write_metrics
-from stages.common import TEXT_CACHE, parser, run, tracker
+from stages.common import parser, run, tracker
 
 
 def main(args, params: Params) -> dict:
@@ -25,7 +25,7 @@ def main(args, params: Params) -> dict:
     runs = {}
     for name, store in ((bp.small_vocab, args.small_proposals), (bp.large_vocab, args.large_proposals)):
         ds = BenchmarkDataset(get_benchmark(name), root)
-        text = vocabulary_embeddings(model, tokenizer, ds.vocab, params.model.templates, TEXT_CACHE,
+        text = vocabulary_embeddings(model, tokenizer, ds.vocab, params.model.templates, TEXT_CACHE_DIR,
                                      params.backbones.clip.model, weights_id, device)
         runs[name] = (ds, ProposalStore(store), text)
     figures = compare_vocabularies(model, runs, repeats=3, n_images=bp.n_images, n_proposals=bp.n_proposals,

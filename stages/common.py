@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Params, ParamsError, load_params, to_dict
@@ -13,7 +12,6 @@ from pipeline.runtime import setup_logging
 from pipeline.tracking import Tracker
 
 log = logging.getLogger("fovseg")
-TEXT_CACHE = Path("cache/text_embeddings")
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -9,9 +9,9 @@ from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import benchmark_vocabulary, dataset_root, get_benchmark
 from pipeline.evaluation import evaluate, seen_unseen_groups
-from pipeline.modeling import load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
+from pipeline.modeling import TEXT_CACHE_DIR, load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
 from pipeline.runtime import init_seed_and_device, write_metrics
-from stages.common import TEXT_CACHE, parser, run, tracker
+from stages.common import parser, run, tracker
 
 HEADLINE = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "PQ_seen", "PQ_unseen", "mIoU", "mIoU_seen", "mIoU_unseen",
             "fwIoU", "mACC", "pACC")
@@ -27,8 +27,8 @@ def evaluate_model(params: Params, benchmark: str, backbones: str, checkpoint: s
         load_checkpoint_weights(model, checkpoint)
     bench = get_benchmark(benchmark)
     ds = BenchmarkDataset(bench, dataset_root(params.data.root or None))
-    text = vocabulary_embeddings(model, tokenizer, ds.vocab, mp.templates, TEXT_CACHE, params.backbones.clip.model,
-                                 weights_id, device)
+    text = vocabulary_embeddings(model, tokenizer, ds.vocab, mp.templates, TEXT_CACHE_DIR,
+                                 params.backbones.clip.model, weights_id, device)
     groups = groups_of(params, benchmark)
     return evaluate(model, ds, text, proposals=ProposalStore(proposals) if proposals else None,
                     oracle_classifier=oracle_classifier, short_side=ev.test_short_side,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,19 +24,17 @@ def main(args, params: Params) -> dict:
                                      prop_p.mask_threshold, prop_p.min_area, device)
     ds = BenchmarkDataset(get_benchmark(args.benchmark), dataset_root(params.data.root or None))
     t0 = time.perf_counter()
-    stats: dict = {}
+    counter: Counter = Counter()
     with ProposalWriter(args.out, meta={"generator": name, "benchmark": args.benchmark,
                                         **{k: getattr(prop_p, k) for k in ("max_proposals", "mask_threshold",
                                                                            "min_area")}}) as writer:
         batch: list = []
-        counter = __import__("collections").Counter()
         for s in tqdm(iter_samples(ds, stats=counter), total=len(ds), desc=f"proposals {args.benchmark}"):
             batch.append(s)
             if len(batch) == prop_p.batch_size:
                 _flush(generator, batch, writer)
         _flush(generator, batch, writer)
-    meta = {"images": counter["read"], "skipped_images": counter["skipped"], "seconds": time.perf_counter() - t0}
-    stats.update(meta)
+    stats = {"images": counter["read"], "skipped_images": counter["skipped"], "seconds": time.perf_counter() - t0}
     write_metrics(args.metrics, stats)
     with tracker(params, "proposals", run_name=f"proposals@{args.benchmark}") as t:
         t.log_metrics(stats)

@@ -12,10 +12,10 @@ from pipeline.config import Params, to_dict
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
-from pipeline.modeling import file_digest, prepare_classifier, vocabulary_embeddings
+from pipeline.modeling import TEXT_CACHE_DIR, file_digest, prepare_classifier, vocabulary_embeddings
 from pipeline.runtime import init_seed_and_device, write_metrics
 from pipeline.training import TrainingDiverged, TrainingInterrupted, TrainSet, init_distributed, train, write_curve
-from stages.common import TEXT_CACHE, log, parser, run, tracker
+from stages.common import log, parser, run, tracker
 
 
 def main(args, params: Params) -> dict:
@@ -34,7 +34,7 @@ def main(args, params: Params) -> dict:
             return differentiable_text_embeddings(
                 lambda p: model.clip.encode_text(tokenizer(p).to(device)), syn, mp.templates)
     else:
-        cached = vocabulary_embeddings(model, tokenizer, ds.vocab, mp.templates, TEXT_CACHE,
+        cached = vocabulary_embeddings(model, tokenizer, ds.vocab, mp.templates, TEXT_CACHE_DIR,
                                        params.backbones.clip.model, weights_id, device)
 
         def text_fn() -> torch.Tensor:

@@ -107,10 +107,12 @@ def safe_extract(archive: Path, target: Path) -> Path:
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
+                members = zf.infolist()
+                for info in members:
                     if os.path.isabs(info.filename) or not _inside(partial, info.filename):
                         raise DownloadError(f"{archive}: refusing unsafe member {info.filename!r}")
-                zf.extractall(partial)
+                for info in members:  # validated above; extracted one by one (zip has no extraction filter)
+                    zf.extract(info, partial)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 for m in tf.getmembers():

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from pipeline.data.formats import atomic_path, bbox_of, write_json
+from pipeline.data.formats import atomic_path, bbox_of, id_to_rgb, write_json
 from pipeline.data.vocab import ClassInfo, Vocabulary
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -265,7 +265,7 @@ def write_split(root: Path, split: str, n: int, image_size: int, max_things: int
             sem[r.id_map == s["id"]] = label_of[s["category_id"]]
         Image.fromarray(sem.astype(np.uint8)).save(base / f"semantic_{split}" / f"{stem}.png")
         if task == "panoptic":
-            Image.fromarray(_id_to_rgb_fast(r.id_map)).save(base / f"panoptic_{split}" / f"{stem}.png")
+            Image.fromarray(id_to_rgb(r.id_map)).save(base / f"panoptic_{split}" / f"{stem}.png")
         images.append({"id": stem, "file_name": f"{stem}.png", "height": image_size, "width": image_size})
         annotations.append({"image_id": stem, "file_name": f"{stem}.png", "segments_info": r.segments})
     if task == "panoptic":
@@ -274,12 +274,6 @@ def write_split(root: Path, split: str, n: int, image_size: int, max_things: int
         write_json(base / "annotations" / f"panoptic_{split}.json",
                    {"images": images, "annotations": annotations, "categories": categories}, indent=None)
     return {"split": split, "images": n, "segments": sum(len(a["segments_info"]) for a in annotations)}
-
-
-def _id_to_rgb_fast(ids: np.ndarray) -> np.ndarray:
-    from pipeline.data.formats import id_to_rgb
-
-    return id_to_rgb(ids)
 
 
 CAPTION_TEMPLATES = ("a photo of a {t} on {s}.", "a {t} on {s}.", "a {t} and a {t2} on {s}.",
