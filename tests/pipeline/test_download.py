@@ -127,3 +127,52 @@ def test_fetch_and_extract_fabricated_dataset(server, tmp_path):
     archive = fetch(srv.url + "/coco.zip", tmp_path / "dl" / "coco.zip", hashlib.sha256(payload).hexdigest())
     safe_extract(archive, tmp_path / "root")
     assert (tmp_path / "root/coco/val2017/1.jpg").read_bytes() == b"x"
+
+
+def test_full_disk_is_a_clear_error(server, tmp_path, monkeypatch):
+    import builtins
+    import errno as errno_mod
+
+    srv = server({"/big.zip": b"x" * 1000})
+    real_open = open
+
+    class FullFile:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.fh.close()
+
+        def write(self, _data):
+            raise OSError(errno_mod.ENOSPC, "No space left on device")
+
+    def fake_open(self, mode="r", *args, **kwargs):
+        fh = real_open(self, mode, *args, **kwargs)
+        return FullFile(fh) if "b" in mode and ("w" in mode or "a" in mode) else fh
+
+    monkeypatch.setattr("pathlib.Path.open", fake_open)
+    with pytest.raises(DownloadError, match=r"disk full while writing .*big.zip.part.*GiB free"):
+        fetch(srv.url + "/big.zip", tmp_path / "big.zip")
+    assert not (tmp_path / "big.zip").exists()
+    assert builtins.open is real_open
+
+
+def test_licence_gated_dataset_prints_instructions_then_verifies(tmp_path):
+    from pipeline.data.download import DATASETS, fetch_dataset
+    from pipeline.data.formats import DatasetError
+
+    spec = DATASETS["mapillary_vistas"]
+    with pytest.raises(DatasetError, match=r"needs a login: request it at https://www.mapillary.com"):
+        fetch_dataset(spec, tmp_path, {})
+    for rel in spec.expected:
+        p = tmp_path / rel
+        if p.suffix:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("{}")
+        else:
+            p.mkdir(parents=True, exist_ok=True)
+    result = fetch_dataset(spec, tmp_path, {})
+    assert result["dataset"] == "mapillary_vistas"
