@@ -61,8 +61,8 @@ def table2(bench: dict | None, train: dict | None) -> pd.DataFrame:
     rows = {name: dict(vals) for name, vals in paper_numbers()["table2"].items()}
     if bench:
         inf = bench["inference"]
-        names = list(inf)
-        small, large = (names + [None, None])[:2]
+        small, large = bench.get("small_vocab"), bench.get("large_vocab")
+        small, large = (small if small in inf else None), (large if large in inf else None)
         rows["this run"] = {
             "gpu_hours": bench.get("gpu_hours"), "iterations": bench.get("train_iterations"),
             "trainable_params_M": bench["trainable"] / 1e6,
@@ -73,6 +73,15 @@ def table2(bench: dict | None, train: dict | None) -> pd.DataFrame:
         }
         rows["this run"]["train_wall_s"] = (train or {}).get("train_seconds")
     return pd.DataFrame(rows).T
+
+
+def inference_table(bench: dict | None) -> pd.DataFrame:
+    """Images/s and peak memory for every evaluated benchmark."""
+    if not bench:
+        return pd.DataFrame()
+    return pd.DataFrame({name: {"images/s": v["images_per_s"], "peak memory (MB)": v["peak_memory_mb"],
+                                "classes": (bench.get("vocab_sizes") or {}).get(name)}
+                         for name, v in bench["inference"].items()}).T
 
 
 def toy_table(evals: dict[str, dict]) -> pd.DataFrame:
@@ -150,6 +159,9 @@ def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str) -> d
     t1 = _write_table(table1(evals), tmp, "table1", "Table I: open-vocabulary panoptic/semantic results")
     t2 = _write_table(table2(bench, train), tmp, "table2",
                       "Table II: efficiency (FPS and memory on the large/small-vocabulary benchmarks)")
+    inference = inference_table(bench)
+    t3 = _write_table(inference, tmp, "inference", f"Inference per benchmark ({(bench or {}).get('device', '?')})") \
+        if not inference.empty else ""
     toy = _write_table(toy_table(evals), tmp, "toy", "Toy world: seen vs unseen classes, trained vs untrained",
                        index=False) if evals else ""
     plots = (["train_curve.png"] if plot_curve(metrics_dir / "train_curve.csv", tmp) else []) + \
@@ -158,7 +170,7 @@ def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str) -> d
              "", "## Table I", "", "Real benchmarks only (n/a where this run did not evaluate them; the toy preset's "
              "results are in the seen/unseen table below).", "", t1, "", "## Table II", "",
              "This run's FPS/memory columns are measured on `benchmark.large_vocab` / `benchmark.small_vocab` "
-             "(the toy analogues of ADE-847 / ADE-150 in the toy preset).", "", t2, ""]
+             "(the toy analogues of ADE-847 / ADE-150 in the toy preset).", "", t2, "", t3, ""]
     if toy:
         lines += ["## Seen vs unseen (trained vs untrained baseline)", "", toy, ""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + ["", MIOU_NOTE,

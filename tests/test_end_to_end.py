@@ -42,9 +42,10 @@ def test_stages_chain_on_a_tiny_toy_world(tmp_path, monkeypatch):
         run(evaluate.main, evaluate.build_parser(), ["--benchmark", b, "--proposals", f"outputs/proposals/{b}",
                                                      "--predictions", f"outputs/eval/{b}", "--metrics",
                                                      f"metrics/eval/{b}.json"])
-    run(benchmark.main, benchmark.build_parser(), ["--small-proposals", "outputs/proposals/toy_open",
-                                                   "--large-proposals", "outputs/proposals/toy_open_large"])
+    run(benchmark.main, benchmark.build_parser(), [])
     run(report.main, report.build_parser(), [])
     open_metrics = json.loads((tmp_path / "metrics/eval/toy_open.json").read_text())
     assert {"PQ", "PQ_unseen", "mIoU", "mIoU_unseen", "baseline", "oracle_classifier"} <= set(open_metrics)
     assert (tmp_path / "reports/README.md").is_file()
+    bench = json.loads((tmp_path / "metrics/benchmark.json").read_text())
+    assert set(bench["inference"]) == set(params["data"]["eval_benchmarks"]) and bench["large_vs_small_throughput"] > 0

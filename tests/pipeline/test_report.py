@@ -14,7 +14,8 @@ def test_report_from_metrics(tmp_path):
     (m / "train.json").write_text(json.dumps({"train_seconds": 12.0}))
     (m / "train_curve.csv").write_text("step,loss,loss_ce\n1,3.0,2.0\n2,2.0,1.5\n")
     (m / "benchmark.json").write_text(json.dumps({
-        "trainable": 1000, "gpu_hours": 0.0, "train_iterations": 2,
+        "trainable": 1000, "gpu_hours": 0.0, "train_iterations": 2, "small_vocab": "small", "large_vocab": "large",
+        "vocab_sizes": {"small": 150, "large": 847}, "device": "cpu",
         "inference": {"small": {"images_per_s": 10.0, "peak_memory_mb": 100.0},
                       "large": {"images_per_s": 9.0, "peak_memory_mb": 110.0}}}))
     out = tmp_path / "reports"
@@ -24,6 +25,10 @@ def test_report_from_metrics(tmp_path):
     t1 = (out / "table1.md").read_text()
     assert "20.5" in t1 and "30.0" in t1 and "n/a" in t1
     assert "\\begin{table}" in (out / "table1.tex").read_text()
+    assert "847" in (out / "inference.md").read_text()
+    t2 = (out / "table2.md").read_text()
+    import re
+    assert re.search(r"\| this run .*\| 9\.00 +\| 10\.0 +\| 110 +\| 100 ", t2)  # large then small vocabulary
     toy = (out / "toy.md").read_text()
     assert "baseline (untrained)" in toy and "10.0" in toy
     assert set(result["plots"]) == {"train_curve.png", "per_class_iou_toy_open.png", "per_class_iou_ade20k_150.png"}
