@@ -79,9 +79,9 @@ def inference_table(bench: dict | None) -> pd.DataFrame:
     """Images/s and peak memory for every evaluated benchmark."""
     if not bench:
         return pd.DataFrame()
-    return pd.DataFrame({name: {"images/s": v["images_per_s"], "peak memory (MB)": v["peak_memory_mb"],
-                                "classes": (bench.get("vocab_sizes") or {}).get(name)}
-                         for name, v in bench["inference"].items()}).T
+    rows = {name: {"classes": (bench.get("vocab_sizes") or {}).get(name), "images/s": v["images_per_s"],
+                   "peak memory (MB)": v["peak_memory_mb"]} for name, v in bench["inference"].items()}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def toy_table(evals: dict[str, dict]) -> pd.DataFrame:
