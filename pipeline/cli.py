@@ -52,7 +52,8 @@ def predict(args: argparse.Namespace) -> dict:
 
     params = load_params(args.params)
     device = pick_device(params.device)
-    vocab = vocabulary_from_names(args.classes.split(","), "predict")
+    stuff = {n.strip().lower() for n in (args.stuff or "").split(",") if n.strip()}
+    vocab = vocabulary_from_names(args.classes.split(",") + [n for n in (args.stuff or "").split(",")], "predict")
     image = read_image(args.image)
     gen_p, prop_p = params.backbones.generator, params.proposals
     gen_name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
@@ -77,7 +78,7 @@ def predict(args: argparse.Namespace) -> dict:
                               text, size=size)["logits"][0]
     probs = logits.float().softmax(-1).cpu()
     obj = torch.from_numpy(props.scores)
-    is_thing = torch.ones(len(vocab), dtype=torch.bool)
+    is_thing = torch.tensor([name.lower() not in stuff for name in vocab.names])  # stuff classes merge
     id_map, segs = panoptic_inference(probs, masks.float(), obj, is_thing, args.threshold,
                                       params.evaluate.overlap_threshold)
     semantic = semantic_inference(probs, masks.float(), obj)
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="segment an image with any vocabulary")
     p.add_argument("image")
-    p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "red circle, grass"')
+    p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "red circle, blue square"')
+    p.add_argument("--stuff", default="", help='comma-separated amorphous classes whose regions merge into one '
+                                               'segment, e.g. "grass, sky"')
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--backbones", default="outputs/backbones")
     p.add_argument("--checkpoint", default="outputs/train/model.pt")

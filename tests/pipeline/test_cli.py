@@ -25,11 +25,13 @@ def tiny_backbones(tmp_path_factory):
 def test_predict_writes_overlay_and_segments(tiny_backbones, toy_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     image = next((toy_root / "toy/images/open").glob("*.png"))
-    main(["predict", str(image), "--classes", "red circle, grass, sky, blue square", "--params",
+    main(["predict", str(image), "--classes", "red circle, blue square", "--stuff", "grass, sky", "--params",
           str(REPO / "params.yaml"), "--backbones", str(tiny_backbones), "--zero-shot", "--threshold", "0.0",
           "--out", "pred"])
     result = json.loads((tmp_path / "pred" / f"{image.stem}_segments.json").read_text())
-    assert result["classes"] == ["red circle", "grass", "sky", "blue square"]
+    assert result["classes"] == ["red circle", "blue square", "grass", "sky"]
+    stuff_labels = [s["label"] for s in result["segments"] if s["label"] in ("grass", "sky")]
+    assert len(stuff_labels) == len(set(stuff_labels))  # one merged segment per stuff class
     assert all(s["label"] in result["classes"] for s in result["segments"])
     overlay = Image.open(tmp_path / "pred" / f"{image.stem}_overlay.png")
     assert overlay.size[0] >= 96
