@@ -66,19 +66,18 @@ class Mask2FormerGenerator:
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images.float().to(self.device), size=(self.input_size, self.input_size),
-                          mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
+    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+        """HxWx3 uint8 arrays -> a normalised (B,3,S,S) batch at the generator's input size."""
+        batch = torch.stack([F.interpolate(torch.from_numpy(im).permute(2, 0, 1)[None].float(),
+                                           size=(self.input_size, self.input_size), mode="bilinear",
+                                           align_corners=False, antialias=True)[0] for im in images])
+        return (batch.to(self.device) - self.mean) / self.std
 
     @torch.no_grad()
     def __call__(self, images: list[np.ndarray]) -> list[Proposals]:
         """images: HxWx3 uint8 arrays (any sizes) -> proposals at each image's resolution."""
         out = []
-        batch = torch.stack([F.interpolate(torch.from_numpy(im).permute(2, 0, 1)[None].float(),
-                                           size=(self.input_size, self.input_size), mode="bilinear",
-                                           align_corners=False, antialias=True)[0] for im in images])
-        res = self.model(pixel_values=self.preprocess(batch))
+        res = self.model(pixel_values=self.preprocess(images))
         obj = 1 - res.class_queries_logits.softmax(-1)[..., -1]
         for i, im in enumerate(images):
             h, w = im.shape[:2]

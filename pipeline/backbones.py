@@ -10,12 +10,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.clip_backbone import build_clip
+from models.clip_backbone import build_clip, clip_input_stats
 from models.generators import build_mask2former
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.toy import TOY_CLASSES, load_captions, render_scene
 
 log = logging.getLogger(__name__)
+
+
+def pixel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1,3,1,1) mean and std on the 0-255 scale, for normalising uint8-range batches."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255,
+            torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
 
 
 def pretrain_clip(model_name: str, captions_root: Path, steps: int, batch_size: int, lr: float, weight_decay: float,
@@ -29,8 +36,7 @@ def pretrain_clip(model_name: str, captions_root: Path, steps: int, batch_size: 
     images, captions = load_captions(captions_root)
     tokens = tokenizer(captions)
     size = model.visual.image_size[0]
-    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073), device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor((0.26862954, 0.26130258, 0.27577711), device=device).view(1, 3, 1, 1) * 255
+    mean, std = pixel_stats(*clip_input_stats(model), device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     loss_fn = ClipLoss()
@@ -73,8 +79,7 @@ def zero_shot_accuracy(model: torch.nn.Module, tokenizer, size: int, seed: int, 
     labels = rng.integers(0, len(things), n)
     ims = np.stack([render_scene([things[k]], [stuffs[rng.integers(len(stuffs))]], size, rng, min_area=1).image
                     for k in labels])
-    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073), device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor((0.26862954, 0.26130258, 0.27577711), device=device).view(1, 3, 1, 1) * 255
+    mean, std = pixel_stats(*clip_input_stats(model), device)
     x = (torch.from_numpy(ims).permute(0, 3, 1, 2).float().to(device) - mean) / std
     img = F.normalize(model.encode_image(x), dim=-1)
     return float(((img @ text.t()).argmax(1).cpu().numpy() == labels).mean())
@@ -89,8 +94,7 @@ def pretrain_mask2former(train: BenchmarkDataset, image_size: int, steps: int, b
     model = build_mask2former("fovseg-tiny", image_size, random_init=True).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+    mean, std = pixel_stats(IMAGENET_MEAN, IMAGENET_STD, device)
     gen = torch.Generator().manual_seed(seed)
     cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 

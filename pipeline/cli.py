@@ -47,7 +47,13 @@ def predict(args: argparse.Namespace) -> dict:
     from pipeline.data.formats import bbox_of, read_image
     from pipeline.data.vocab import vocabulary_from_names
     from pipeline.evaluation import classifier_input_size
-    from pipeline.modeling import TEXT_CACHE_DIR, load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
+    from pipeline.modeling import (
+        TEXT_CACHE_DIR,
+        load_checkpoint_weights,
+        prepare_classifier,
+        trained_weights_id,
+        vocabulary_embeddings,
+    )
     from pipeline.runtime import pick_device
 
     params = load_params(args.params)
@@ -66,6 +72,7 @@ def predict(args: argparse.Namespace) -> dict:
             raise FileNotFoundError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
                                     "or use --zero-shot to classify with the pretrained CLIP alone")
         load_checkpoint_weights(model, checkpoint)
+        weights_id = trained_weights_id(weights_id, checkpoint, params.model)
     text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, TEXT_CACHE_DIR,
                                  params.backbones.clip.model, weights_id, device)
     props = generator([image])[0]

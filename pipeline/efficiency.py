@@ -18,7 +18,7 @@ import torch
 from models.classifier import FOVSeg
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
-from pipeline.data.transforms import eval_resize_shape
+from pipeline.evaluation import classifier_input_size
 
 
 @contextmanager
@@ -61,8 +61,7 @@ def time_inference(model: FOVSeg, ds: BenchmarkDataset, store: ProposalStore, te
         h, w = s.image.shape[:2]
         m = np.zeros((n_proposals, h, w), bool)
         m[: min(len(masks), n_proposals)] = masks[:n_proposals]
-        th, tw = eval_resize_shape(h, w, short, max_size)
-        size = (max(patch, round(th / patch) * patch), max(patch, round(tw / patch) * patch))
+        size = classifier_input_size(h, w, short, max_size, patch)
         image = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device)
         masks_t = torch.from_numpy(m)[None].to(device)
         if device.type == "cuda":

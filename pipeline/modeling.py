@@ -63,6 +63,11 @@ def vocabulary_embeddings(model: FOVSeg, tokenizer, vocab: Vocabulary, templates
     return cache.get(model_id, weights_id, synonyms, templates, encode).to(device)
 
 
+def trained_weights_id(weights_id: str, checkpoint: str | Path, model_params: ModelParams) -> str:
+    """Text-embedding cache identity after loading ``checkpoint``: it changes only if the text tower trained."""
+    return f"{weights_id}+{file_digest(checkpoint)}" if model_params.tune_text else weights_id
+
+
 def load_checkpoint_weights(model: FOVSeg, path: str | Path) -> dict:
     """Load a training checkpoint's model weights (weights_only); returns its metadata."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -99,11 +99,13 @@ def collate(items: list) -> Batch:
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     """Indices of step ``step``'s batch: epochs are seeded permutations, so this depends on (seed, step) only."""
+    perms: dict[int, torch.Tensor] = {}
     out = []
     for k in range(step * batch_size, (step + 1) * batch_size):
         epoch, pos = divmod(k, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        out.append(int(perm[pos]))
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.append(int(perms[epoch][pos]))
     return out
 
 

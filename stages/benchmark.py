@@ -12,7 +12,13 @@ from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
 from pipeline.efficiency import compare_vocabularies
-from pipeline.modeling import TEXT_CACHE_DIR, load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
+from pipeline.modeling import (
+    TEXT_CACHE_DIR,
+    load_checkpoint_weights,
+    prepare_classifier,
+    trained_weights_id,
+    vocabulary_embeddings,
+)
 from pipeline.runtime import init_seed_and_device, write_metrics
 from stages.common import parser, run, tracker
 
@@ -22,6 +28,7 @@ def main(args, params: Params) -> dict:
     bp, ev = params.benchmark, params.evaluate
     model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, args.backbones, device)
     load_checkpoint_weights(model, args.checkpoint)
+    weights_id = trained_weights_id(weights_id, args.checkpoint, params.model)
     root = dataset_root(params.data.root or None)
     runs = {}
     for name in params.data.eval_benchmarks:  # every benchmark; the ratio compares small_vocab and large_vocab

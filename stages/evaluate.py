@@ -9,7 +9,13 @@ from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import benchmark_vocabulary, dataset_root, get_benchmark
 from pipeline.evaluation import evaluate, seen_unseen_groups
-from pipeline.modeling import TEXT_CACHE_DIR, load_checkpoint_weights, prepare_classifier, vocabulary_embeddings
+from pipeline.modeling import (
+    TEXT_CACHE_DIR,
+    load_checkpoint_weights,
+    prepare_classifier,
+    trained_weights_id,
+    vocabulary_embeddings,
+)
 from pipeline.runtime import init_seed_and_device, write_metrics
 from stages.common import parser, run, tracker
 
@@ -17,24 +23,16 @@ HEADLINE = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "PQ_seen", "PQ_unseen", "mIoU", 
             "fwIoU", "mACC", "pACC")
 
 
-def evaluate_model(params: Params, benchmark: str, backbones: str, checkpoint: str | None, proposals: str | None,
-                   pred_dir: Path | None, oracle_classifier: bool = False) -> dict:
-    """``proposals=None``: ground-truth masks (oracle generator); ``oracle_classifier``: gt labels (Fig. 2)."""
-    device = init_seed_and_device(params.seed, params.device)
-    ev, mp = params.evaluate, params.model
-    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, mp, backbones, device)
+def load_classifier(params: Params, backbones: str, checkpoint: str | None, vocab, device):
+    """The classifier (trained if ``checkpoint``, else as initialised) and its text embeddings of ``vocab``."""
+    init_seed_and_device(params.seed, params.device)
+    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, backbones, device)
     if checkpoint:
         load_checkpoint_weights(model, checkpoint)
-    bench = get_benchmark(benchmark)
-    ds = BenchmarkDataset(bench, dataset_root(params.data.root or None))
-    text = vocabulary_embeddings(model, tokenizer, ds.vocab, mp.templates, TEXT_CACHE_DIR,
+        weights_id = trained_weights_id(weights_id, checkpoint, params.model)
+    text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, TEXT_CACHE_DIR,
                                  params.backbones.clip.model, weights_id, device)
-    groups = groups_of(params, benchmark)
-    return evaluate(model, ds, text, proposals=ProposalStore(proposals) if proposals else None,
-                    oracle_classifier=oracle_classifier, short_side=ev.test_short_side,
-                    max_side=ev.test_max_side, object_threshold=ev.object_threshold,
-                    overlap_threshold=ev.overlap_threshold, device=device, groups=groups, pred_dir=pred_dir,
-                    max_images=ev.max_images)
+    return model, text
 
 
 def groups_of(params: Params, benchmark: str) -> dict[str, list[int]]:
@@ -43,12 +41,24 @@ def groups_of(params: Params, benchmark: str) -> dict[str, list[int]]:
 
 
 def main(args, params: Params) -> dict:
-    trained = evaluate_model(params, args.benchmark, args.backbones, args.checkpoint, args.proposals,
-                             Path(args.predictions))
-    baseline = evaluate_model(params, args.benchmark, args.backbones, None, args.proposals, None)
-    oracle_cls = evaluate_model(params, args.benchmark, args.backbones, args.checkpoint, args.proposals, None,
-                                oracle_classifier=True)
-    oracle_gen = evaluate_model(params, args.benchmark, args.backbones, args.checkpoint, None, None)
+    device = init_seed_and_device(params.seed, params.device)
+    ev = params.evaluate
+    ds = BenchmarkDataset(get_benchmark(args.benchmark), dataset_root(params.data.root or None))
+    groups = groups_of(params, args.benchmark)
+    store = ProposalStore(args.proposals)
+
+    def score(model, text, proposals, pred_dir=None, oracle_classifier=False) -> dict:
+        """``proposals=None``: ground-truth masks (oracle generator); ``oracle_classifier``: gt labels (Fig. 2)."""
+        return evaluate(model, ds, text, proposals=proposals, oracle_classifier=oracle_classifier,
+                        short_side=ev.test_short_side, max_side=ev.test_max_side,
+                        object_threshold=ev.object_threshold, overlap_threshold=ev.overlap_threshold,
+                        device=device, groups=groups, pred_dir=pred_dir, max_images=ev.max_images)
+
+    model, text = load_classifier(params, args.backbones, args.checkpoint, ds.vocab, device)
+    trained = score(model, text, store, Path(args.predictions))
+    oracle_gen = score(model, text, None)
+    oracle_cls = score(None, None, store, oracle_classifier=True)
+    baseline = score(*load_classifier(params, args.backbones, None, ds.vocab, device), store)
     metrics = {k: trained[k] for k in HEADLINE if k in trained}
     metrics.update({"benchmark": args.benchmark, "images": trained["images"],
                     "skipped_images": trained["skipped_images"], "seconds_per_image": trained["seconds_per_image"],
@@ -56,8 +66,7 @@ def main(args, params: Params) -> dict:
                     "oracle_classifier": {k: oracle_cls[k] for k in HEADLINE if k in oracle_cls},
                     "oracle_generator": {k: oracle_gen[k] for k in HEADLINE if k in oracle_gen},
                     "per_class": {"class": trained["classes"], "IoU": trained["IoU_per_class"],
-                                  "unseen": [i in set(groups_of(params, args.benchmark)["unseen"])
-                                             for i in range(len(trained["classes"]))],
+                                  "unseen": [i in set(groups["unseen"]) for i in range(len(trained["classes"]))],
                                   "IoU_baseline": baseline["IoU_per_class"],
                                   **({"PQ": trained["PQ_per_class"]} if "PQ_per_class" in trained else {})}})
     write_metrics(args.metrics, metrics)

@@ -275,11 +275,11 @@ def _resize_short(img: Image.Image, short: int, resample) -> Image.Image:
 def prepare_ade20k_full(root: Path) -> dict:
     """ADE20K-847: *_seg.png class = R/10*256 + G (ADE20K toolkit) mapped to train ids via the vocabulary's
     ids, 65535 elsewhere; images and labels resized to short side 512; labels written as uint16 TIFF."""
-    from pipeline.data.vocab import load_packaged_vocabulary
 
     records = json.loads((resources.files("pipeline") / "vocab" / "ade20k_847.json").read_text())
-    to_train = {r["id"]: r["trainId"] for r in records}
-    assert len(load_packaged_vocabulary("ade20k_847")) == 847
+    lut = np.full(max(r["id"] for r in records) + 1, 65535, np.int64)  # ADE20K-full object id -> train id
+    for r in records:
+        lut[r["id"]] = r["trainId"]
     base = root / "ADE20K_2021_17_01"
     n = 0
     for split in ("training", "validation"):
@@ -290,11 +290,8 @@ def prepare_ade20k_full(root: Path) -> dict:
                 continue
             rgb = np.asarray(Image.open(seg).convert("RGB")).astype(np.int64)
             cls = rgb[..., 0] // 10 * 256 + rgb[..., 1]
-            lut = np.full(cls.max() + 1, 65535, np.int64)
-            for k, v in to_train.items():
-                if k < len(lut):
-                    lut[k] = v
-            label = Image.fromarray(lut[cls].astype(np.uint16))
+            label = Image.fromarray(np.where(cls < len(lut), lut[np.minimum(cls, len(lut) - 1)], 65535)
+                                    .astype(np.uint16))
             img = Image.open(seg.with_name(f"{stem}.jpg")).convert("RGB")
             img = _resize_short(img, 512, Image.BILINEAR)
             label = label.resize(img.size, Image.NEAREST)

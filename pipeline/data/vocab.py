@@ -75,7 +75,8 @@ def vocabulary_from_records(name: str, records: list[dict]) -> Vocabulary:
     for i, r in enumerate(records):
         if "name" not in r:
             raise VocabularyError(f"vocabulary {name!r}: record #{i} has no 'name'")
-        cid = r.get("trainId", r.get("id", i)) if "isthing" not in r else r.get("id", i)
+        # semantic-only lists (ADE-847) carry the label-map value as trainId; the others use id
+        cid = r["trainId"] if "trainId" in r and "isthing" not in r else r.get("id", i)
         synonyms = tuple(r.get("synonyms") or [r["name"]])
         color = tuple(r.get("color") or ((37 * i) % 256, (91 * i) % 256, (173 * i) % 256))
         classes.append(ClassInfo(int(cid), str(r["name"]), bool(r.get("isthing", 0)), synonyms, color))
