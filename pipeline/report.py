@@ -1,16 +1,30 @@
-"""Report tables and plots, regenerated from the metrics JSONs (``reports/`` is never edited by hand).
+"""Report tables and figures, regenerated from the metrics JSONs (``reports/`` is never edited by hand).
 
-Table I (PQ/mIoU per benchmark) and Table II (efficiency) put the paper's numbers beside this run's;
-the toy table shows seen vs unseen classes for the trained model and the untrained baseline (the same
-classifier before training). Markdown and LaTeX for each, one entry page, PNG plots.
+Paper tables (from the packaged copy of the paper's numbers, ``pipeline/paper_tables.json``):
+
+- Table I (open-vocabulary panoptic/semantic, COCO-Panoptic training) and Table III (COCO-Stuff training):
+  every peer row, the paper's FOV-Seg row, this run's row and the delta to the paper's FOV-Seg row;
+- Table II (efficiency): peers, this run (from ``metrics/benchmark.json``), deltas;
+- Table IV parts: one table per ``metrics/sweeps/<grid>.json`` with the paper's numbers beside and the delta
+  to the grid's reference row;
+- Fig. 2 (oracle classifier vs oracle generator), a Fig. 3 analogue (per-class gain over the untrained
+  classifier, unseen classes marked), Fig. 6 (attention maps, if the ``attention`` stage wrote them),
+  Fig. 9 curves (sweeps whose rows carry a numeric ``x``).
+
+The toy preset's seen/unseen table is a separate section: toy benchmarks never enter a paper table.
+One decimal everywhere; ``n/a`` where a value does not exist (no unseen classes, no PQ on a semantic-only
+benchmark, a benchmark that was not evaluated). Markdown and LaTeX (booktabs) for each table.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -18,96 +32,416 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-TABLE1_COLUMNS = [  # (column title, benchmark, metric)
-    ("A-847 mIoU", "ade20k_847", "mIoU"), ("PC-459 mIoU", "pascal_ctx_459", "mIoU"),
-    ("A-150 PQ", "ade20k_150", "PQ"), ("A-150 mIoU", "ade20k_150", "mIoU"), ("PC-59 mIoU", "pascal_ctx_59", "mIoU"),
-    ("MV PQ", "mapillary_vistas", "PQ"), ("COCO PQ", "coco_panoptic_val", "PQ"),
-]
-PAPER_KEYS = {"A-847 mIoU": "ade20k_847", "PC-459 mIoU": "pascal_ctx_459", "A-150 PQ": "ade20k_150_PQ",
-              "A-150 mIoU": "ade20k_150", "PC-59 mIoU": "pascal_ctx_59", "MV PQ": "mapillary_vistas_PQ",
-              "COCO PQ": "coco_panoptic_val_PQ"}
+NA = "n/a"
+# paper column key -> (title, benchmark, metric); the paper's column order
+TABLE1_COLUMNS = {
+    "coco_PQ": ("COCO PQ", "coco_panoptic_val", "PQ"), "coco_mIoU": ("COCO mIoU", "coco_panoptic_val", "mIoU"),
+    "ade20k_150_PQ": ("A-150 PQ", "ade20k_150", "PQ"), "ade20k_150_mIoU": ("A-150 mIoU", "ade20k_150", "mIoU"),
+    "mapillary_vistas_PQ": ("MV PQ", "mapillary_vistas", "PQ"),
+    "mapillary_vistas_mIoU": ("MV mIoU", "mapillary_vistas", "mIoU"),
+    "ade20k_847_mIoU": ("A-847 mIoU", "ade20k_847", "mIoU"),
+    "pascal_ctx_59_mIoU": ("PC-59 mIoU", "pascal_ctx_59", "mIoU"),
+    "pascal_ctx_459_mIoU": ("PC-459 mIoU", "pascal_ctx_459", "mIoU"),
+}
+TABLE2_TITLES = {
+    "train_gpu_hours": "GPU-hours", "train_iters_k": "iters (k)", "trainable_params_M": "trainable (M)",
+    "ade20k_847_fps": "A-847 FPS", "ade20k_847_mem_GB": "A-847 mem (GB)", "ade20k_150_fps": "A-150 FPS",
+    "ade20k_150_mem_GB": "A-150 mem (GB)", "ade20k_150_PQ": "A-150 PQ", "ade20k_150_mIoU": "A-150 mIoU",
+}
+TABLE4_KEYS = {"IV(a)": "a_modules_PQ", "IV(b)": "b_other_components_PQ", "IV(c)": "c_clip_params_PQ",
+               "IV(d)": "d_classifier_backbone", "IV(e)": "e_generator_backbone", "IV(f)": "f_adapter_layers_PQ",
+               "IV(g)": "g_lora_PQ", "IV(h)": "h_refcoco_preservation", "IV(i)": "i_teva_parts_PQ",
+               "IV(j)": "j_oracle_generator"}
+PAPER_ROW = "FOV-Seg"
 TOY_COLUMNS = ("PQ", "PQ_seen", "PQ_unseen", "mIoU", "mIoU_seen", "mIoU_unseen")
+MODELS = (("trained", None), ("baseline (untrained)", "baseline"), ("oracle classifier (Fig. 2a)", "oracle_classifier"),
+          ("oracle generator (Fig. 2b)", "oracle_generator"))
 MIOU_NOTE = ("mIoU follows detectron2's current formula: per-class IoU = TP/(TP+FP+FN), averaged over classes "
              "with ground-truth pixels; the ignore label (255, or 65535 for ADE-847/PC-459) is excluded. "
              "PQ follows the COCO panoptic API (IoU > 0.5 matching, void and crowd handling).")
 
 
-def paper_numbers() -> dict:
-    return json.loads((resources.files("pipeline") / "paper_numbers.json").read_text())
+def paper_tables() -> dict:
+    """The paper's published numbers (a copy of its Tables I-IV and Fig. 2 text, packaged with the code)."""
+    return json.loads((resources.files("pipeline") / "paper_tables.json").read_text())
 
 
+# ----------------------------------------------------------------------------- formatting
+def _num(v: Any) -> float | None:
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        return None
+    return float(v)
+
+
+def fmt(v: Any, signed: bool = False) -> str:
+    """One decimal for every number; ``n/a`` where there is none."""
+    if isinstance(v, str):
+        return v
+    x = _num(v)
+    if x is None:
+        return NA
+    return f"{x:+.1f}" if signed else f"{x:.1f}"
+
+
+def delta(a: Any, b: Any) -> float | None:
+    a, b = _num(a), _num(b)
+    return None if a is None or b is None else a - b
+
+
+def latex_escape(text: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
+            "−": "-", "→": r"$\rightarrow$"}
+    return "".join(repl.get(ch, ch) for ch in text)
+
+
+@dataclass
+class Table:
+    """A rendered table: string cells, optional rule lines (``None`` row) between row groups."""
+
+    stem: str
+    caption: str
+    columns: list[str]
+    rows: list[list[str] | None]
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        body = [r for r in self.rows if r is not None]
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "|".join(":---" if i == 0 else "---:"
+                                                                       for i in range(len(self.columns))) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
+        return "\n".join(lines)
+
+    def latex(self) -> str:
+        spec = "l" + "r" * (len(self.columns) - 1)
+        out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(self.caption)}}}",
+               rf"\label{{tab:{self.stem.replace('_', '-')}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+               " & ".join(latex_escape(c) for c in self.columns) + r" \\", r"\midrule"]
+        for r in self.rows:
+            out.append(r"\midrule" if r is None else " & ".join(latex_escape(c) for c in r) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        return "\n".join(out)
+
+    def write(self, out: Path) -> str:
+        md = self.markdown()
+        notes = "".join(f"\n\n{n}" for n in self.notes)
+        (out / f"{self.stem}.md").write_text(f"# {self.caption}\n\n{md}{notes}\n")
+        (out / f"{self.stem}.tex").write_text(self.latex())
+        return md + notes
+
+
+# ----------------------------------------------------------------------------- inputs
 def load_eval(metrics_dir: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((metrics_dir / "eval").glob("*.json"))}
 
 
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and pd.isna(v)):
-        return "n/a"
-    if isinstance(v, float):
-        if v.is_integer() and abs(v) >= 100:
-            return str(int(v))
-        return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
-    return str(v)
+def load_sweeps(metrics_dir: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((metrics_dir / "sweeps").glob("*.json"))}
 
 
-def table1(evals: dict[str, dict]) -> pd.DataFrame:
-    rows = {name: {col: vals.get(PAPER_KEYS[col]) for col, _, _ in TABLE1_COLUMNS}
-            for name, vals in paper_numbers()["table1"].items()}
-    rows["this run"] = {col: evals.get(b, {}).get(m) for col, b, m in TABLE1_COLUMNS}
-    return pd.DataFrame(rows).T
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
-def table2(bench: dict | None, train: dict | None) -> pd.DataFrame:
-    rows = {name: dict(vals) for name, vals in paper_numbers()["table2"].items()}
-    if bench:
-        inf = bench["inference"]
-        small, large = bench.get("small_vocab"), bench.get("large_vocab")
-        small, large = (small if small in inf else None), (large if large in inf else None)
-        rows["this run"] = {
-            "gpu_hours": bench.get("gpu_hours"), "iterations": bench.get("train_iterations"),
-            "trainable_params_M": bench["trainable"] / 1e6,
-            "fps_ade20k_847": inf[large]["images_per_s"] if large else None,
-            "fps_ade20k_150": inf[small]["images_per_s"] if small else None,
-            "memory_ade20k_847_MB": inf[large]["peak_memory_mb"] if large else None,
-            "memory_ade20k_150_MB": inf[small]["peak_memory_mb"] if small else None,
-        }
-        rows["this run"]["train_wall_s"] = (train or {}).get("train_seconds")
-    return pd.DataFrame(rows).T
+def has_group(m: dict, group: str) -> bool | None:
+    """Whether a benchmark has seen (``group='seen'``) / unseen classes; None when the metrics do not say."""
+    flags = (m.get("per_class") or {}).get("unseen")
+    if not flags:
+        return None
+    return any(flags) if group == "unseen" else not all(flags)
 
 
-def inference_table(bench: dict | None) -> pd.DataFrame:
-    """Images/s and peak memory for every evaluated benchmark."""
-    if not bench:
-        return pd.DataFrame()
-    rows = {name: {"classes": (bench.get("vocab_sizes") or {}).get(name), "images/s": v["images_per_s"],
-                   "peak memory (MB)": v["peak_memory_mb"]} for name, v in bench["inference"].items()}
-    return pd.DataFrame.from_dict(rows, orient="index")
+def metric_value(m: dict, vals: dict | None, key: str) -> Any:
+    """``vals[key]``, or None where the value cannot exist (no unseen/seen classes in the benchmark)."""
+    if vals is None:
+        return None
+    for group in ("unseen", "seen"):
+        if key.endswith(f"_{group}") and has_group(m, group) is False:
+            return None
+    return vals.get(key)
 
 
-def toy_table(evals: dict[str, dict]) -> pd.DataFrame:
+# ----------------------------------------------------------------------------- paper tables
+def _peer_block(rows: dict[str, list], n_cols: int) -> list[list[str]]:
+    return [[name if name != PAPER_ROW else f"{PAPER_ROW} (paper)", *[fmt(v) for v in vals[:n_cols]]]
+            for name, vals in rows.items()]
+
+
+def table1(evals: dict[str, dict], this_run: bool, train_benchmark: str) -> Table:
+    spec = paper_tables()["table1_open_vocab_panoptic"]
+    keys = spec["columns"]
+    rows: list[list[str] | None] = _peer_block(spec["rows"], len(keys))
+    notes = [f"Peers and FOV-Seg (paper): the paper's Table I. {spec['note']}"]
+    if this_run:
+        ours = [metric_value(evals.get(TABLE1_COLUMNS[k][1], {}), evals.get(TABLE1_COLUMNS[k][1]),
+                             TABLE1_COLUMNS[k][2]) for k in keys]
+        paper = spec["rows"][PAPER_ROW]
+        rows += [None, ["this run", *[fmt(v) for v in ours]],
+                 ["Δ this run − FOV-Seg (paper)", *[fmt(delta(a, b), signed=True) for a, b in zip(ours, paper)]]]
+    else:
+        notes.append(f"No 'this run' row: this run trained on {train_benchmark}, not COCO-Panoptic (see Table III).")
+    return Table("table1", "Table I: open-vocabulary panoptic and semantic segmentation (trained on COCO-Panoptic)",
+                 ["method", *[TABLE1_COLUMNS[k][0] for k in keys]], rows, notes)
+
+
+def table3(evals: dict[str, dict], this_run: bool, train_benchmark: str) -> Table:
+    spec = paper_tables()["table3_open_vocab_semantic_coco_stuff_training"]
+    bench = {"ade20k_150_mIoU": "ade20k_150", "ade20k_847_mIoU": "ade20k_847", "pascal_ctx_59_mIoU": "pascal_ctx_59",
+             "pascal_ctx_459_mIoU": "pascal_ctx_459"}
+    keys = spec["columns"]
+    rows: list[list[str] | None] = _peer_block(spec["rows"], len(keys))
+    notes = [f"Peers and FOV-Seg (paper): the paper's Table III. {spec['note']}"]
+    if this_run:
+        ours = [(evals.get(bench[k]) or {}).get("mIoU") for k in keys]
+        rows += [None, ["this run", *[fmt(v) for v in ours]],
+                 ["Δ this run − FOV-Seg (paper)",
+                  *[fmt(delta(a, b), signed=True) for a, b in zip(ours, spec["rows"][PAPER_ROW])]]]
+    else:
+        notes.append(f"No 'this run' row: this run trained on {train_benchmark}, not COCO-Stuff (see Table I).")
+    return Table("table3", "Table III: open-vocabulary semantic segmentation (trained on COCO-Stuff)",
+                 ["method", *[TABLE1_COLUMNS[k][0] for k in keys]], rows, notes)
+
+
+def _mem_gb(entry: dict | None) -> float | None:
+    if not entry:
+        return None
+    if "peak_memory_gb" in entry:
+        return entry["peak_memory_gb"]
+    mb = entry.get("peak_memory_mb")
+    return None if mb is None else mb / 1024
+
+
+def table2_this_run(bench: dict | None, evals: dict[str, dict]) -> list[Any]:
+    """This run's Table II cells (paper column order); None where not measured."""
+    bench = bench or {}
+    inf = bench.get("inference") or {}
+    trainable = bench.get("trainable_params_paper", bench.get("trainable"))
+    iters = bench.get("train_iterations")
+    a150 = evals.get("ade20k_150") or {}
+    return [bench.get("gpu_hours"), None if iters is None else iters / 1000,
+            None if trainable is None else trainable / 1e6,
+            (inf.get("ade20k_847") or {}).get("images_per_s"), _mem_gb(inf.get("ade20k_847")),
+            (inf.get("ade20k_150") or {}).get("images_per_s"), _mem_gb(inf.get("ade20k_150")),
+            a150.get("PQ"), a150.get("mIoU")]
+
+
+def table2(bench: dict | None, evals: dict[str, dict]) -> Table:
+    spec = paper_tables()["table2_efficiency"]
+    keys = spec["columns"]
+    rows: list[list[str] | None] = _peer_block(spec["rows"], len(keys))
+    ours = table2_this_run(bench, evals)
+    rows += [None, ["this run", *[fmt(v) for v in ours]],
+             ["Δ this run − FOV-Seg (paper)", *[fmt(delta(a, b), signed=True)
+                                                for a, b in zip(ours, spec["rows"][PAPER_ROW])]]]
+    b = bench or {}
+    notes = [f"Peers and FOV-Seg (paper): the paper's Table II. {spec['note']}",
+             "This run: " + (f"device {b.get('device', NA)}, precision {b.get('precision', 'not recorded')}, "
+                             f"{b.get('scope', 'classifier on cached proposals')}; FPS = images/s, memory = peak "
+                             f"allocated GB; trainable parameters "
+                             f"{'as the paper counts them' if 'trainable_params_paper' in b else 'of the classifier'}"
+                             if bench else "metrics/benchmark.json is missing: run `dvc repro benchmark`."),
+             "A-847/A-150 cells are n/a unless those benchmarks were measured (toy analogues: inference table)."]
+    return Table("table2", "Table II: training cost, trainable parameters, inference speed and memory",
+                 ["method", *[TABLE2_TITLES[k] for k in keys]], rows, notes)
+
+
+def inference_table(bench: dict | None) -> Table | None:
+    """Images/s and peak memory for every benchmark the benchmark stage measured (toy ones included)."""
+    if not bench or not bench.get("inference"):
+        return None
+    sizes = bench.get("vocab_sizes") or {}
+    rows = [[name, str(sizes.get(name, NA)), fmt(v.get("images_per_s")), fmt(_mem_gb(v))]
+            for name, v in bench["inference"].items()]
+    return Table("inference", f"Inference per benchmark (device {bench.get('device', NA)}, precision "
+                              f"{bench.get('precision', 'not recorded')})",
+                 ["benchmark", "classes", "images/s", "peak memory (GB)"], rows)
+
+
+def status_table(evals: dict[str, dict], expected: list[str]) -> Table:
+    """Every expected benchmark: evaluated or missing, images scored, images skipped."""
     rows = []
+    for name in list(expected) + [n for n in evals if n not in expected]:
+        m = evals.get(name)
+        if m is None:
+            rows.append([name, "missing (no metrics/eval file)", NA, NA])
+        else:
+            rows.append([name, "evaluated", str(m.get("images", NA)), str(m.get("skipped_images", NA))])
+    return Table("benchmarks", "Benchmarks of this run", ["benchmark", "status", "images", "skipped images"], rows)
+
+
+def toy_table(evals: dict[str, dict]) -> Table:
+    rows: list[list[str] | None] = []
     for name, m in evals.items():
-        for model, vals in (("trained", m), ("baseline (untrained)", m.get("baseline", {})),
-                            ("oracle classifier (Fig. 2a)", m.get("oracle_classifier")),
-                            ("oracle generator (Fig. 2b)", m.get("oracle_generator"))):
-            if vals is None:
-                continue
-            rows.append({"benchmark": name, "model": model,
-                         **{k: vals.get(k) for k in TOY_COLUMNS}})
-    return pd.DataFrame(rows)
+        if rows:
+            rows.append(None)
+        for label, key in MODELS:
+            vals = m if key is None else m.get(key)
+            if vals is not None:
+                rows.append([name, label, *[fmt(metric_value(m, vals, k)) for k in TOY_COLUMNS]])
+    return Table("toy", "Seen vs unseen classes: trained, untrained baseline and the two oracles",
+                 ["benchmark", "model", *TOY_COLUMNS], rows,
+                 ["n/a: the benchmark has no such classes (e.g. no unseen classes in toy_val) or no panoptic "
+                  "ground truth (semantic-only benchmarks have no PQ)."])
 
 
-def _write_table(df: pd.DataFrame, out: Path, stem: str, caption: str, index: bool = True) -> str:
-    shown = df.map(_fmt)
-    md = shown.to_markdown(index=index, disable_numparse=True)
-    (out / f"{stem}.md").write_text(f"# {caption}\n\n{md}\n\n{MIOU_NOTE}\n")
-    (out / f"{stem}.tex").write_text(shown.to_latex(index=index, caption=caption, label=f"tab:{stem}"))
-    return md
+# ----------------------------------------------------------------------------- Table IV
+def _paper_row(part: dict, label: str) -> dict | None:
+    hit = part.get(label)
+    if hit is None:
+        norm = {k.lower().replace(" ", ""): v for k, v in part.items() if not k.startswith("_")}
+        hit = norm.get(label.lower().replace(" ", ""))
+    if hit is None:
+        return None
+    return hit if isinstance(hit, dict) else {"PQ": hit}
 
 
-def plot_curve(curve_csv: Path, out: Path) -> bool:
+def table4(grid: str, sweep: dict) -> Table:
+    """One Table IV part: this run's mean (± std over seeds) per row, delta to the reference row, the paper."""
+    key = TABLE4_KEYS.get(sweep.get("paper_table", ""))
+    part = paper_tables()["table4_ablations"].get(key, {}) if key else {}
+    rows_in = sweep.get("rows", [])
+    metrics = list(dict.fromkeys(k for r in rows_in for k in r.get("mean", {})))
+    paper_metrics = list(dict.fromkeys(k for r in rows_in for k in (_paper_row(part, r["label"]) or {})))
+    ref = next((r for r in rows_in if r["label"] == sweep.get("reference_row")), None)
+    ref_paper = _paper_row(part, ref["label"]) if ref else None
+    cols = ["row", "seeds"]
+    for k in metrics:
+        cols += [k, f"Δ ref {k}"]
+    for k in paper_metrics:
+        cols += [f"paper {k}", f"paper Δ ref {k}"]
+    cols.append("failed")
+    rows = []
+    for r in rows_in:
+        cells = [r["label"] + (" (ref)" if r is ref else ""), str(r.get("n", NA))]
+        for k in metrics:
+            mean, std = r.get("mean", {}).get(k), r.get("std", {}).get(k)
+            cells.append(fmt(mean) + (f" ± {fmt(std)}" if _num(std) is not None and r.get("n", 1) > 1 else ""))
+            cells.append(fmt(delta(mean, (ref or {}).get("mean", {}).get(k)), signed=True))
+        p = _paper_row(part, r["label"]) or {}
+        for k in paper_metrics:
+            cells += [fmt(p.get(k)), fmt(delta(p.get(k), (ref_paper or {}).get(k)), signed=True)]
+        cells.append(str(len(r.get("failures", []))))
+        rows.append(cells)
+    notes = [f"From metrics/sweeps/{grid}.json: benchmarks {', '.join(sweep.get('benchmarks', []))}, seeds "
+             f"{sweep.get('seeds', [])}, {sweep.get('failed_trials', 0)} failed trial(s), "
+             f"{fmt(sweep.get('wall_seconds'))} s. Reference row: {sweep.get('reference_row', NA)}."]
+    if key:
+        notes.append(f"Paper: Table {sweep['paper_table']} ({paper_tables()['table4_ablations']['_note']})")
+    return Table(f"table4_{grid}", f"Table {sweep.get('paper_table', '?')} analogue: sweep '{grid}'", cols, rows,
+                 notes)
+
+
+def plot_fig9(grid: str, sweep: dict, out: Path) -> str | None:
+    rows = [r for r in sweep.get("rows", []) if _num(r.get("x")) is not None]
+    if len(rows) < 2:
+        return None
+    rows.sort(key=lambda r: r["x"])
+    metrics = list(dict.fromkeys(k for r in rows for k in r.get("mean", {})))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for k in metrics:
+        xs = [r["x"] for r in rows if k in r.get("mean", {})]
+        ys = [r["mean"][k] for r in rows if k in r.get("mean", {})]
+        err = [r.get("std", {}).get(k) or 0.0 for r in rows if k in r.get("mean", {})]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=k)
+    if min(r["x"] for r in rows) > 0 and max(r["x"] for r in rows) / min(r["x"] for r in rows) >= 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(grid.replace("_", " "))
+    ax.set_ylabel("%")
+    ax.set_title(f"Fig. 9 analogue: {grid}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    file = f"fig9_{grid}.png"
+    fig.savefig(out / file, dpi=120)
+    plt.close(fig)
+    return file
+
+
+# ----------------------------------------------------------------------------- figures
+def fig2_table(evals: dict[str, dict]) -> Table:
+    """Fig. 2's numbers: this run's oracles per benchmark, and the paper's two inconsistent versions."""
+    fig2 = paper_tables()["figure2_maskclip_oracles_ade20k_150"]
+    j = paper_tables()["table4_ablations"]["j_oracle_generator"]["MaskCLIP with OMG"]
+    rows: list[list[str] | None] = [
+        ["paper: MaskCLIP, ADE-150", "oracle classifier (Sec. III text)", fmt(fig2["oracle_classifier"]["PQ"]),
+         fmt(fig2["oracle_classifier"]["mIoU"])],
+        ["paper: MaskCLIP, ADE-150", "oracle generator (Sec. III text: 44.6−12.7, 60.5−32.1)",
+         fmt(fig2["oracle_generator"]["PQ"]), fmt(fig2["oracle_generator"]["mIoU"])],
+        ["paper: MaskCLIP, ADE-150", "oracle generator (Table IV(j), 'with OMG')", fmt(j["PQ"]), fmt(j["mIoU"])],
+        None]
+    for name, m in evals.items():
+        for label, key in MODELS:
+            vals = m if key is None else m.get(key)
+            if vals is not None:
+                rows.append([f"this run: {name}", label, fmt(vals.get("PQ")), fmt(vals.get("mIoU"))])
+    return Table("fig2", "Fig. 2: oracle classifier vs oracle generator", ["source", "model", "PQ", "mIoU"], rows,
+                 ["**The paper is inconsistent here**: Sec. III's text implies MaskCLIP with an oracle generator "
+                  "reaches PQ 31.9 / mIoU 28.4, while Table IV(j) lists PQ 28.4 / mIoU 31.9 (the same two numbers "
+                  "swapped). Both are shown; neither is chosen."])
+
+
+def plot_fig2(evals: dict[str, dict], out: Path) -> str | None:
+    benches = [n for n, m in evals.items() if m.get("oracle_classifier") or m.get("oracle_generator")]
+    if not benches:
+        return None
+    fig2 = paper_tables()["figure2_maskclip_oracles_ade20k_150"]
+    j = paper_tables()["table4_ablations"]["j_oracle_generator"]["MaskCLIP with OMG"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("PQ", "mIoU")):
+        labels, groups = ["paper ADE-150 (MaskCLIP)"], [[None, None, fig2["oracle_generator"][metric],
+                                                          fig2["oracle_classifier"][metric]]]
+        for name in benches:
+            m = evals[name]
+            labels.append(name)
+            oracles = [(m.get(k) or {}).get(metric) for k in ("oracle_generator", "oracle_classifier")]
+            groups.append([(m if key is None else m.get(key) or {}).get(metric) for _, key in MODELS[:2]] + oracles)
+        names = ["trained", "untrained baseline", "oracle generator", "oracle classifier"]
+        width = 0.2
+        for k, series in enumerate(names):
+            xs = [i + (k - 1.5) * width for i in range(len(groups))]
+            ys = [g[k] if _num(g[k]) is not None else 0.0 for g in groups]
+            ax.bar(xs, ys, width, label=series)
+        ax.plot([0 + 0.5 * width], [j[metric]], "k*", markersize=9, label="paper Table IV(j) oracle generator")
+        ax.set_xticks(range(len(groups)), labels, fontsize=7, rotation=15)
+        ax.set_ylabel(metric)
+        ax.set_title(f"Fig. 2 analogue: {metric}")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out / "fig2_oracles.png", dpi=120)
+    plt.close(fig)
+    return "fig2_oracles.png"
+
+
+def plot_fig3(name: str, m: dict, out: Path) -> str | None:
+    """Fig. 3 analogue: per-class IoU gain of the trained classifier over the untrained one; unseen hatched."""
+    pc = m.get("per_class")
+    if not pc or "IoU_baseline" not in pc:
+        return None
+    unseen = pc.get("unseen") or [False] * len(pc["class"])
+    df = pd.DataFrame({"class": pc["class"], "trained": pc["IoU"], "baseline": pc["IoU_baseline"],
+                       "unseen": unseen}).dropna()
+    if df.empty:
+        return None
+    df["gain"] = df["trained"] - df["baseline"]
+    df = df.sort_values("gain")
+    fig, ax = plt.subplots(figsize=(6, max(3, 0.16 * len(df))))
+    y = list(range(len(df)))
+    colours = ["tab:orange" if u else "tab:blue" for u in df["unseen"]]
+    ax.barh(y, df["gain"], color=colours, hatch=None)
+    ax.set_yticks(y, [f"{c} *" if u else c for c, u in zip(df["class"], df["unseen"])], fontsize=6)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_xlabel("IoU gain over the untrained classifier (points)")
+    ax.set_title(f"Fig. 3 analogue, {name}" + (" (orange * = unseen in training)" if any(df["unseen"]) else ""))
+    fig.tight_layout()
+    file = f"fig3_gain_{name}.png"
+    fig.savefig(out / file, dpi=120)
+    plt.close(fig)
+    return file
+
+
+def plot_curve(curve_csv: Path, out: Path) -> str | None:
     if not curve_csv.is_file():
-        return False
+        return None
     df = pd.read_csv(curve_csv)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for col in [c for c in df.columns if c.startswith("loss")]:
@@ -119,69 +453,75 @@ def plot_curve(curve_csv: Path, out: Path) -> bool:
     fig.tight_layout()
     fig.savefig(out / "train_curve.png", dpi=120)
     plt.close(fig)
-    return True
+    return "train_curve.png"
 
 
-def plot_per_class(name: str, m: dict, out: Path) -> str | None:
-    pc = m.get("per_class")
-    if not pc:
-        return None
-    unseen = pc.get("unseen") or [False] * len(pc["class"])
-    names = [f"{n} *" if u else n for n, u in zip(pc["class"], unseen)]
-    df = pd.DataFrame({"class": names, "trained": pc["IoU"], "baseline": pc["IoU_baseline"]}).dropna()
-    if df.empty:
-        return None
-    df = df.sort_values("trained")
-    fig, ax = plt.subplots(figsize=(6, max(3, 0.16 * len(df))))
-    y = range(len(df))
-    ax.barh([i + 0.2 for i in y], df["trained"], height=0.4, label="trained")
-    ax.barh([i - 0.2 for i in y], df["baseline"], height=0.4, label="untrained baseline")
-    ax.set_yticks(list(y), df["class"], fontsize=6)
-    ax.set_xlabel("IoU (%)")
-    ax.set_title(f"Per-class IoU, {name}" + (" (* = unseen in training)" if any(unseen) else ""))
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    file = f"per_class_iou_{name}.png"
-    fig.savefig(out / file, dpi=120)
-    plt.close(fig)
-    return file
+def copy_attention(attention_dir: Path | None, out: Path) -> list[str]:
+    """Fig. 6: the heatmaps the ``attention`` stage wrote (``index.json`` lists them)."""
+    if attention_dir is None or not (attention_dir / "index.json").is_file():
+        return []
+    files = []
+    for item in json.loads((attention_dir / "index.json").read_text())["images"]:
+        src = attention_dir / item["file"]
+        if src.is_file():
+            shutil.copy(src, out / f"fig6_{src.name}")
+            files.append(f"fig6_{src.name}")
+    return files
 
 
-def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str) -> dict:
-    """Write the whole report into ``out_dir`` atomically (built beside it, then swapped in)."""
+# ----------------------------------------------------------------------------- entry
+def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str, expected: list[str] | None = None,
+                 train_benchmark: str = "", attention_dir: str | Path | None = None) -> dict:
+    """Write the whole report into ``out_dir`` atomically (built beside it, then swapped in).
+
+    ``expected``: the benchmarks the run should have evaluated (missing ones are listed as missing);
+    ``train_benchmark`` decides whether this run's row belongs to Table I (COCO-Panoptic) or III (COCO-Stuff)."""
     metrics_dir, out_dir = Path(metrics_dir), Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    evals = load_eval(metrics_dir)
+    evals, sweeps = load_eval(metrics_dir), load_sweeps(metrics_dir)
     bench = _read(metrics_dir / "benchmark.json")
-    train = _read(metrics_dir / "train.json")
-    t1 = _write_table(table1(evals), tmp, "table1", "Table I: open-vocabulary panoptic/semantic results")
-    t2 = _write_table(table2(bench, train), tmp, "table2",
-                      "Table II: efficiency (FPS and memory on the large/small-vocabulary benchmarks)")
+    stuff_trained = train_benchmark.startswith("coco_stuff")
+    real = {n: m for n, m in evals.items() if not n.startswith("toy_")}
+    tables = [table1(real, not stuff_trained, train_benchmark), table2(bench, real),
+              table3(real, stuff_trained, train_benchmark)]
+    tables += [table4(grid, s) for grid, s in sweeps.items()]
+    status = status_table(evals, expected or [])
     inference = inference_table(bench)
-    t3 = _write_table(inference, tmp, "inference", f"Inference per benchmark ({(bench or {}).get('device', '?')})") \
-        if not inference.empty else ""
-    toy = _write_table(toy_table(evals), tmp, "toy", "Toy world: seen vs unseen classes, trained vs untrained",
-                       index=False) if evals else ""
-    plots = (["train_curve.png"] if plot_curve(metrics_dir / "train_curve.csv", tmp) else []) + \
-        [p for name, m in evals.items() if (p := plot_per_class(name, m, tmp))]
-    lines = [f"# FOV-Seg report ({preset} preset)", "", "Generated by `dvc repro report` from `metrics/`; do not edit.",
-             "", "## Table I", "", "Real benchmarks only (n/a where this run did not evaluate them; the toy preset's "
-             "results are in the seen/unseen table below).", "", t1, "", "## Table II", "",
-             "This run's FPS/memory columns are measured on `benchmark.large_vocab` / `benchmark.small_vocab` "
-             "(the toy analogues of ADE-847 / ADE-150 in the toy preset).", "", t2, "", t3, ""]
-    if toy:
-        lines += ["## Seen vs unseen (trained vs untrained baseline)", "", toy, ""]
-    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + ["", MIOU_NOTE,
-              "", "LaTeX versions: `table1.tex`, `table2.tex`, `toy.tex`. Paper cells marked n/a are not "
-              "filled in `pipeline/paper_numbers.json` yet.", ""]
+    toy = toy_table(evals) if evals else None
+    f2 = fig2_table(evals)
+    plots = {"curve": [p for p in [plot_curve(metrics_dir / "train_curve.csv", tmp)] if p],
+             "fig2": [p for p in [plot_fig2(evals, tmp)] if p],
+             "fig3": [p for n, m in evals.items() if (p := plot_fig3(n, m, tmp))],
+             "fig6": copy_attention(Path(attention_dir) if attention_dir else None, tmp),
+             "fig9": [p for g, s in sweeps.items() if (p := plot_fig9(g, s, tmp))]}
+    lines = [f"# FOV-Seg report ({preset} preset)", "", "Generated by `dvc repro report` from `metrics/`; do not edit. "
+             "Paper numbers: `pipeline/paper_tables.json` (copied from the paper's tables). One decimal; "
+             "n/a = no such value.", "", "## Benchmarks of this run", "", status.write(tmp), ""]
+    for t in tables:
+        lines += [f"## {t.caption}", "", t.write(tmp), ""]
+    if not sweeps:
+        lines += ["## Table IV", "", "No sweep results (`metrics/sweeps/*.json`): run `fovseg sweep <grid>`.", ""]
+    lines += ["## Fig. 2: oracle classifier vs oracle generator", "", f2.write(tmp), ""]
+    lines += [f"![{p}]({p})" for p in plots["fig2"]] + [""]
+    lines += ["## Fig. 3 analogue: per-class gain over the untrained classifier", ""]
+    lines += [f"![{p}]({p})" for p in plots["fig3"]] or ["No per-class metrics."]
+    lines += ["", "## Fig. 6: text-to-image attention, original CLIP vs trained", ""]
+    lines += ([f"![{p}]({p})" for p in plots["fig6"]] or ["Not produced (run `dvc repro attention`)."]) + [""]
+    lines += ["## Fig. 9: iterations and data fraction", "", paper_tables()["figure9_text"], ""]
+    lines += ([f"![{p}]({p})" for p in plots["fig9"]] or ["No `iterations` / `data_fraction` sweep results."]) + [""]
+    lines += ["## Toy preset and per-benchmark tables (not paper benchmarks)", ""]
+    if toy is not None:
+        lines += [toy.write(tmp), ""]
+    if inference is not None:
+        lines += [inference.write(tmp), ""]
+    lines += [f"![{p}]({p})" for p in plots["curve"]] + ["", MIOU_NOTE, "",
+              "LaTeX (booktabs): " + ", ".join(f"`{p.name}`" for p in sorted(tmp.glob("*.tex"))) + ".", ""]
     (tmp / "README.md").write_text("\n".join(lines))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
-    return {"benchmarks": sorted(evals), "plots": plots}
-
-
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    flat = [p for group in plots.values() for p in group]
+    return {"benchmarks": sorted(evals), "missing": [n for n in expected or [] if n not in evals], "plots": flat,
+            "sweeps": sorted(sweeps)}

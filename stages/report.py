@@ -1,4 +1,4 @@
-"""Stage `report`: regenerate ``reports/`` from ``metrics/``."""
+"""Stage `report`: regenerate ``reports/`` from ``metrics/`` (and the attention maps, Fig. 6)."""
 from __future__ import annotations
 
 from pipeline.config import Params
@@ -7,7 +7,8 @@ from stages.common import parser, run, tracker
 
 
 def main(args, params: Params) -> dict:
-    result = build_report(args.metrics, args.out, params.preset)
+    result = build_report(args.metrics, args.out, params.preset, expected=list(params.data.eval_benchmarks),
+                          train_benchmark=params.data.train_benchmark, attention_dir=args.attention)
     with tracker(params, "report") as t:
         t.log_artifact(f"{args.out}/README.md")
         for p in result["plots"]:
@@ -19,6 +20,7 @@ def build_parser():
     ap = parser(__doc__)
     ap.add_argument("--metrics", default="metrics")
     ap.add_argument("--out", default="reports")
+    ap.add_argument("--attention", default=None, help="folder the attention stage wrote (Fig. 6), optional")
     return ap
 
 

@@ -1,36 +1,118 @@
 import json
+import shutil
+import subprocess
 
-from pipeline.report import build_report
+import pytest
+
+from pipeline.report import build_report, fmt, latex_escape, paper_tables
+
+BASE = {"PQ": 1.0, "PQ_seen": 1.0, "PQ_unseen": 2.0, "mIoU": 3.0, "mIoU_seen": 3.0, "mIoU_unseen": 4.0}
 
 
-def test_report_from_metrics(tmp_path):
+def _eval(pq, miou, unseen_flags, images=10, skipped=0, panoptic=True):
+    m = {"mIoU": miou, "mIoU_seen": miou + 1, "mIoU_unseen": 0.0, "images": images, "skipped_images": skipped,
+         "baseline": dict(BASE), "oracle_classifier": {"PQ": 50.0, "mIoU": 60.0},
+         "oracle_generator": {"PQ": 30.0, "mIoU": 25.0},
+         "per_class": {"class": ["a", "b"], "IoU": [10.0, 20.0], "IoU_baseline": [1.0, 5.0], "unseen": unseen_flags}}
+    if panoptic:
+        m.update({"PQ": pq, "PQ_seen": pq, "PQ_unseen": 0.0})
+    return m
+
+
+@pytest.fixture
+def metrics(tmp_path):
     m = tmp_path / "metrics"
     (m / "eval").mkdir(parents=True)
-    base = {"PQ": 1.0, "PQ_seen": 1.0, "PQ_unseen": 2.0, "mIoU": 3.0, "mIoU_seen": 3.0, "mIoU_unseen": 4.0}
-    for name in ("toy_open", "ade20k_150"):
-        (m / "eval" / f"{name}.json").write_text(json.dumps({
-            "PQ": 20.5, "PQ_seen": 25.0, "PQ_unseen": 10.0, "mIoU": 30.0, "mIoU_seen": 35.0, "mIoU_unseen": 12.0,
-            "baseline": base, "per_class": {"class": ["a", "b"], "IoU": [10.0, None], "IoU_baseline": [1.0, None]}}))
-    (m / "train.json").write_text(json.dumps({"train_seconds": 12.0}))
+    (m / "sweeps").mkdir()
+    evals = {"toy_val": _eval(14.46, 14.6, [False, False], skipped=2),
+             "toy_open_large": _eval(None, 11.2, [False, True], panoptic=False),
+             "ade20k_150": _eval(29.04, 36.55, [False, True]), "ade20k_847": _eval(None, 15.0, [True, True],
+                                                                                  panoptic=False)}
+    for name, v in evals.items():
+        (m / "eval" / f"{name}.json").write_text(json.dumps(v))
     (m / "train_curve.csv").write_text("step,loss,loss_ce\n1,3.0,2.0\n2,2.0,1.5\n")
     (m / "benchmark.json").write_text(json.dumps({
-        "trainable": 1000, "gpu_hours": 0.0, "train_iterations": 2, "small_vocab": "small", "large_vocab": "large",
-        "vocab_sizes": {"small": 150, "large": 847}, "device": "cpu",
-        "inference": {"small": {"images_per_s": 10.0, "peak_memory_mb": 100.0},
-                      "large": {"images_per_s": 9.0, "peak_memory_mb": 110.0}}}))
+        "trainable": 25_300_000, "gpu_hours": 40.0, "train_iterations": 25000, "device": "cuda:0",
+        "precision": "fp16", "vocab_sizes": {"ade20k_150": 150, "ade20k_847": 847},
+        "inference": {"ade20k_150": {"images_per_s": 2.71, "peak_memory_mb": 10240.0},
+                      "ade20k_847": {"images_per_s": 2.5, "peak_memory_mb": 11264.0}}}))
+    sweep = {"grid": "modules", "paper_table": "IV(a)", "reference_row": "+ FiSeR + TeVA", "benchmarks": ["ade20k_150"],
+             "seeds": [0, 1], "wall_seconds": 12.0, "failed_trials": 1,
+             "rows": [{"label": "baseline (f_q tuned, frozen generator)", "overrides": {"model.fiser.enabled": False},
+                       "n": 2, "mean": {"ade20k_150/PQ": 20.0}, "std": {"ade20k_150/PQ": 0.5},
+                       "values": {"ade20k_150/PQ": [19.5, 20.5]}, "failures": []},
+                      {"label": "+ FiSeR + TeVA", "overrides": {}, "n": 1, "mean": {"ade20k_150/PQ": 23.0},
+                       "std": {"ade20k_150/PQ": 0.0}, "values": {"ade20k_150/PQ": [23.0]},
+                       "failures": [{"seed": 1, "error": "OOM"}]}]}
+    (m / "sweeps" / "modules.json").write_text(json.dumps(sweep))
+    iters = {"grid": "iterations", "paper_table": "Fig. 9", "reference_row": "1000", "benchmarks": ["toy_open"],
+             "seeds": [0], "wall_seconds": 3.0, "failed_trials": 0,
+             "rows": [{"label": str(x), "x": x, "overrides": {"train.iterations": x}, "n": 1,
+                       "mean": {"toy_open/PQ": 5.0 + x / 100}, "std": {}, "values": {}, "failures": []}
+                      for x in (10, 100, 1000)]}
+    (m / "sweeps" / "iterations.json").write_text(json.dumps(iters))
+    return m
+
+
+def test_paper_tables_hold_every_peer_and_this_run_with_deltas(metrics, tmp_path):
     out = tmp_path / "reports"
-    result = build_report(m, out, "toy")
-    index = (out / "README.md").read_text()
-    assert "Table I" in index and "Table II" in index and "2.42" in index  # the paper's ADE-847 FPS sits beside ours
+    result = build_report(metrics, out, "paper", expected=["ade20k_150", "ade20k_847", "mapillary_vistas"],
+                          train_benchmark="coco_panoptic_train")
     t1 = (out / "table1.md").read_text()
-    assert "20.5" in t1 and "30.0" in t1 and "n/a" in t1
-    assert "\\begin{table}" in (out / "table1.tex").read_text()
-    assert "847" in (out / "inference.md").read_text()
+    for peer in paper_tables()["table1_open_vocab_panoptic"]["rows"]:
+        assert f"| {peer}" in t1
+    assert "| FOV-Seg (paper) | 56.6 | 67.4 | 28.4 | 37.1 | 19.1 | 30.1 | 16.5 | 62.5 | 23.9 |" in t1
+    assert "| this run | n/a | n/a | 29.0 | 36.5 | n/a | n/a | 15.0 |" in t1
+    assert "| Δ this run − FOV-Seg (paper) | n/a | n/a | +0.6 | -0.6 | n/a | n/a | -1.5 |" in t1
     t2 = (out / "table2.md").read_text()
-    import re
-    assert re.search(r"\| this run .*\| 9\.00 +\| 10\.0 +\| 110 +\| 100 ", t2)  # large then small vocabulary
+    assert "| ODISE | 4760.0 | 369.0 | 28.0 | 0.4 | 23.2 | 0.4 | 23.2 | 22.6 | 29.9 |" in t2
+    assert "| this run | 40.0 | 25.0 | 25.3 | 2.5 | 11.0 | 2.7 | 10.0 | 29.0 | 36.5 |" in t2  # memory in GB
+    assert "device cuda:0, precision fp16" in t2
+    t3 = (out / "table3.md").read_text()
+    assert "CAT-Seg | 37.9 | 16.0 | 63.3 | 23.8" in t3 and "this run" not in t3.split("\n\n")[1]
+    index = (out / "README.md").read_text()
+    assert "| mapillary_vistas | missing (no metrics/eval file) |" in index
+    assert result["missing"] == ["mapillary_vistas"]
+    assert "| toy_val | evaluated | 10 | 2 |" in index  # skipped images shown
+    assert "inconsistent" in (out / "fig2.md").read_text() and "| 28.4 | 31.9 |" in (out / "fig2.md").read_text()
+
+
+def test_toy_unseen_and_semantic_pq_are_na(metrics, tmp_path):
+    out = tmp_path / "reports"
+    build_report(metrics, out, "toy", train_benchmark="toy_train")
     toy = (out / "toy.md").read_text()
-    assert "baseline (untrained)" in toy and "10.0" in toy
-    assert set(result["plots"]) == {"train_curve.png", "per_class_iou_toy_open.png", "per_class_iou_ade20k_150.png"}
-    assert all((out / p).stat().st_size > 1000 for p in result["plots"])
+    assert "| toy_val | trained | 14.5 | 14.5 | n/a | 14.6 | 15.6 | n/a |" in toy
+    assert "| toy_open_large | trained | n/a | n/a | n/a | 11.2 | 12.2 | 0.0 |" in toy
+    assert "| ade20k_847 | trained | n/a | n/a | n/a | 15.0 | n/a | 0.0 |" in toy  # no seen classes either
+
+
+def test_table4_and_fig9_from_sweep_files(metrics, tmp_path):
+    out = tmp_path / "reports"
+    result = build_report(metrics, out, "paper", train_benchmark="coco_panoptic_train")
+    t4 = (out / "table4_modules.md").read_text()
+    assert "| baseline (f_q tuned, frozen generator) | 2 | 20.0 ± 0.5 | -3.0 | 24.6 | -3.2 | 0 |" in t4
+    assert "| + FiSeR + TeVA (ref) | 1 | 23.0 | +0.0 | 27.8 | +0.0 | 1 |" in t4
+    assert "fig9_iterations.png" in result["plots"] and (out / "fig9_iterations.png").stat().st_size > 1000
+    assert {"fig2_oracles.png", "fig3_gain_ade20k_150.png", "train_curve.png"} <= set(result["plots"])
     assert not (tmp_path / "reports.partial").exists()
+
+
+def test_latex_escapes_and_compiles(metrics, tmp_path):
+    assert latex_escape("PQ_seen 5% & #1") == r"PQ\_seen 5\% \& \#1"
+    assert fmt(None) == "n/a" and fmt(2.36) == "2.4" and fmt(0.04, signed=True) == "+0.0"
+    out = tmp_path / "reports"
+    build_report(metrics, out, "toy", train_benchmark="toy_train")
+    texs = sorted(out.glob("*.tex"))
+    body = "\n".join(p.read_text() for p in texs)
+    assert r"\toprule" in body and r"PQ\_unseen" in body and "PQ_unseen" not in body.replace(r"PQ\_unseen", "")
+    if shutil.which("pdflatex") is None:
+        pytest.skip("no pdflatex here: structural checks above only")
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n"
+                   "\\usepackage{graphicx}\n\\begin{document}\n" +
+                   "".join(f"\\input{{{p}}}\n" for p in texs) +
+                   "\\end{document}\n")
+    res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
