@@ -25,4 +25,5 @@ lint: install
 	$(BIN)/ruff check .
 
 mlflow-ui: install
+	$(BIN)/python -m pipeline.tracking relocate mlflow.db  # the store may have been moved with mlartifacts/
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

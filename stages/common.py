@@ -9,7 +9,7 @@ from typing import Callable
 from pipeline.config import Params, ParamsError, load_params, to_dict
 from pipeline.data.formats import DatasetError
 from pipeline.runtime import setup_logging
-from pipeline.tracking import Tracker
+from pipeline.tracking import Tracker, mark_stage_start
 
 log = logging.getLogger("fovseg")
 
@@ -24,6 +24,7 @@ def run(main: Callable[[argparse.Namespace, Params], dict], ap: argparse.Argumen
         argv: list[str] | None = None) -> dict:
     """Parse args, load params, run ``main``; known failures exit 1 with one clear line, no traceback."""
     setup_logging()
+    mark_stage_start()  # the stage's MLflow run starts here, not when it first logs
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params)

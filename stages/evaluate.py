@@ -72,8 +72,9 @@ def main(args, params: Params) -> dict:
     write_metrics(args.metrics, metrics)
     with tracker(params, "evaluate", run_name=f"evaluate@{args.benchmark}") as t:
         t.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        for group in ("baseline", "oracle_classifier", "oracle_generator"):
-            t.log_metrics({f"{group}_{k}": v for k, v in metrics[group].items()})
+        for model, vals in (("trained", trained), ("baseline", baseline), ("oracle_classifier", oracle_cls),
+                            ("oracle_generator", oracle_gen)):  # own runs, identical metric names
+            t.log_model_run(model, {k: vals[k] for k in HEADLINE if k in vals}, {"benchmark": args.benchmark})
         t.log_table(metrics["per_class"], f"per_class_{args.benchmark}.json")
     return metrics
 

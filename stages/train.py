@@ -74,6 +74,7 @@ def main(args, params: Params) -> dict:
         write_metrics(args.metrics, metrics)
         t.log_metrics({k: v for k, v in metrics.items() if k != "device"})
         t.log_artifact(args.curve)
+        t.log_artifact(out / "model.pt", "checkpoint")  # the trained checkpoint, beside its metrics
     return metrics
 
 
