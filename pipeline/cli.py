@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -104,18 +106,36 @@ def predict(args: argparse.Namespace) -> dict:
     return result
 
 
+PRESETS = ("toy", "paper")
+
+
+def preset_text(name: str) -> str:
+    """The packaged preset ``pipeline/presets/<name>.yaml`` (toy.yaml is a copy of the repository's params.yaml)."""
+    return (resources.files("pipeline") / "presets" / f"{name}.yaml").read_text()
+
+
 def set_preset(args: argparse.Namespace) -> None:
+    """Write a preset into params.yaml, never losing edits: a params.yaml that is not exactly one of the
+    packaged presets is refused, or with ``--force`` kept as ``params.yaml.<time>.bak``."""
     target = Path(args.params)
-    if args.name == "paper":
-        src = resources.files("pipeline") / "presets" / "paper.yaml"
-        if target.exists() and not (target.parent / "params.toy.yaml").exists():
-            shutil.copy(target, target.parent / "params.toy.yaml")
-        target.write_text(src.read_text())
-    else:
-        saved = target.parent / "params.toy.yaml"
-        if not saved.exists():
-            raise FileNotFoundError(f"{saved} not found; `git checkout params.yaml` restores the toy preset")
-        shutil.copy(saved, target)
+    new = preset_text(args.name)
+    if target.exists():
+        current = target.read_text()
+        if current == new:
+            print(f"{target} already holds the {args.name} preset")
+            return
+        if current not in {preset_text(n) for n in PRESETS}:
+            backup = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+            if not getattr(args, "force", False):
+                raise ValueError(f"{target} has edits that are in no preset (it differs from every "
+                                 "pipeline/presets/*.yaml); switching would lose them. Keep them with "
+                                 f"`git commit` or `cp {target} my-params.yaml`, or rerun with --force "
+                                 f"(your file is then kept as {backup.name})")
+            shutil.copy2(target, backup)
+            print(f"your edited {target} is kept as {backup}")
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, target)
     print(f"{target} now holds the {args.name} preset")
 
 
@@ -136,9 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
     p.add_argument("--threshold", type=float, default=0.3, help="minimum segment score")
     p.add_argument("--out", default="predictions")
-    s = sub.add_parser("preset", help="switch params.yaml to a preset")
+    s = sub.add_parser("preset", help="switch params.yaml to a preset (refuses to overwrite edits)")
     s.add_argument("name", choices=["toy", "paper"])
     s.add_argument("--params", default="params.yaml")
+    s.add_argument("--force", action="store_true", help="switch even if params.yaml has edits (kept as a .bak)")
     args = ap.parse_args(argv)
     try:
         if args.command == "predict":

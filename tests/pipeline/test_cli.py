@@ -53,3 +53,20 @@ def test_preset_switch_round_trips(tmp_path):
     assert "preset: paper" in params.read_text()
     main(["preset", "toy", "--params", str(params)])
     assert params.read_text() == (REPO / "params.yaml").read_text()
+
+
+def test_packaged_toy_preset_is_the_repository_params():
+    assert (REPO / "pipeline" / "presets" / "toy.yaml").read_text() == (REPO / "params.yaml").read_text()
+
+
+def test_preset_switch_never_loses_edits(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    edited = (REPO / "params.yaml").read_text().replace("iterations: 1000", "iterations: 1234")
+    params.write_text(edited)
+    with pytest.raises(SystemExit):
+        main(["preset", "paper", "--params", str(params)])
+    assert "--force" in capsys.readouterr().err and params.read_text() == edited  # refused, untouched
+    main(["preset", "paper", "--params", str(params), "--force"])
+    assert "preset: paper" in params.read_text()
+    backups = list(tmp_path.glob("params.yaml.*.bak"))
+    assert len(backups) == 1 and backups[0].read_text() == edited  # the edits are kept
