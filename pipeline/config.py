@@ -201,6 +201,7 @@ class TrainParams:
     max_masks: int = 24
     num_workers: int = 0
     log_every: int = 10
+    gpus: int = 1  # > 1: the train stage relaunches itself under torchrun; batch_size stays global
 
     def validate(self, key: str) -> None:
         _check(self.iterations >= 1, f"{key}.iterations", "must be >= 1")
@@ -219,6 +220,7 @@ class TrainParams:
         _check(self.max_masks >= 1, f"{key}.max_masks", "must be >= 1")
         _check(self.num_workers >= 0, f"{key}.num_workers", "must be >= 0")
         _check(self.log_every >= 1, f"{key}.log_every", "must be >= 1")
+        _check(1 <= self.gpus <= 64, f"{key}.gpus", "must be in [1, 64]")
         self.loss_weights.validate(f"{key}.loss_weights")
 
 

@@ -25,10 +25,18 @@ def setup_logging() -> None:
 
 
 def pick_device(choice: str = "auto") -> torch.device:
+    """``cuda`` (the paper preset) stops with a clear message when no GPU is visible; ``auto`` uses CUDA when
+    there is one and otherwise warns that it runs on CPU (the toy preset); ``cpu`` forces CPU."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' requested but no CUDA device is visible; set device: auto or cpu")
+        raise RuntimeError("device: cuda (the paper preset) but no CUDA device is visible (no GPU, no driver, or a "
+                           "CPU-only torch build). Run on a GPU machine, or force CPU explicitly with "
+                           "`dvc exp run -S device=cpu` / `device: cpu` in params.yaml (the paper preset then "
+                           "takes days)")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
+        if choice == "cpu":
+            logging.getLogger("fovseg").warning("device: auto found no CUDA device: running on CPU "
+                                                "(set device: cpu to make this explicit)")
     if choice == "cuda" and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(choice)

@@ -185,6 +185,8 @@ class Tracker:
         return int(1000 * (self.start_time if self.start_time is not None else _STAGE_START))
 
     def __enter__(self) -> "Tracker":
+        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 reports
+            return self
         try:
             if self.uri.startswith("http"):
                 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

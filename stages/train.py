@@ -12,6 +12,7 @@ from pipeline.config import Params, to_dict
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
+from pipeline.launch import relaunch_under_torchrun
 from pipeline.modeling import TEXT_CACHE_DIR, file_digest, prepare_classifier, vocabulary_embeddings
 from pipeline.runtime import init_seed_and_device, write_metrics
 from pipeline.training import TrainingDiverged, TrainingInterrupted, TrainSet, init_distributed, train, write_curve
@@ -19,6 +20,11 @@ from stages.common import log, parser, run, tracker
 
 
 def main(args, params: Params) -> dict:
+    code = relaunch_under_torchrun(params.train.gpus, params.device, "stages.train", sys.argv[1:])
+    if code is not None:  # train.gpus > 1: the torchrun workers did the work
+        if code:
+            sys.exit(code)
+        return {}
     device = init_seed_and_device(params.seed, params.device)
     init_distributed(device)
     tp, mp = params.train, params.model

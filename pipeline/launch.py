@@ -1,0 +1,37 @@
+"""Multi-GPU training through ``dvc repro``: the train stage relaunches itself under torchrun.
+
+``train.gpus: N`` (N > 1) makes ``python -m stages.train ...`` (the stage's cmd in dvc.yaml) start
+``python -m torch.distributed.run --standalone --nproc_per_node N -m stages.train ...`` and wait for it, so
+DVC sees one command with one exit status. ``train.batch_size`` is the global batch: each of the N processes
+takes ``batch_size // N`` images per iteration (see ``pipeline.training.train``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def torchrun_command(gpus: int, module: str, argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+            "-m", module, *argv]
+
+
+def relaunch_under_torchrun(gpus: int, device: str, module: str, argv: list[str]) -> int | None:
+    """Run ``module`` on ``gpus`` processes and return its exit code; None when this process should train
+    itself (one GPU, or already a torchrun worker)."""
+    if gpus <= 1 or "LOCAL_RANK" in os.environ:
+        return None
+    if device != "cpu":  # device: cpu runs N gloo processes (tests); otherwise N GPUs must be visible
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if visible < gpus:
+            raise RuntimeError(f"train.gpus: {gpus} but {visible} CUDA device(s) are visible; set train.gpus "
+                               f"to at most {max(visible, 1)} (e.g. `dvc exp run -S train.gpus={max(visible, 1)}`)")
+    cmd = torchrun_command(gpus, module, argv)
+    log.info("train.gpus=%d: %s", gpus, " ".join(cmd))
+    return subprocess.run(cmd, check=False).returncode

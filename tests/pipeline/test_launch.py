@@ -1,0 +1,48 @@
+"""Device rule and multi-GPU relaunch (train.gpus) without GPUs."""
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import launch
+from pipeline.config import load_params
+from pipeline.runtime import pick_device
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_paper_preset_without_cuda_stops_with_a_clear_message(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert load_params(REPO / "pipeline" / "presets" / "paper.yaml").device == "cuda"
+    with pytest.raises(RuntimeError, match="device=cpu"):
+        pick_device("cuda")
+    assert pick_device("cpu").type == "cpu"  # explicitly forced
+
+
+def test_auto_warns_when_falling_back_to_cpu(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        assert pick_device("auto").type == "cpu"
+    assert "no CUDA device" in caplog.text
+
+
+def test_train_gpus_relaunches_under_torchrun(monkeypatch):
+    calls = []
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    assert launch.relaunch_under_torchrun(1, "cpu", "stages.train", ["--x"]) is None
+    assert launch.relaunch_under_torchrun(2, "cpu", "stages.train", ["--proposals", "p"]) == 0
+    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                      "-m", "stages.train", "--proposals", "p"]]
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a torchrun worker trains itself
+    assert launch.relaunch_under_torchrun(2, "cpu", "stages.train", []) is None
+
+
+def test_train_gpus_beyond_visible_devices_is_refused(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="train.gpus"):
+        launch.relaunch_under_torchrun(8, "cuda", "stages.train", [])
