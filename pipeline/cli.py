@@ -1,13 +1,14 @@
 """``fovseg`` console script.
 
-- ``fovseg predict IMAGE --classes "red circle, grass, sky"``: segment your own image with any vocabulary;
-  writes ``<out>/<stem>_overlay.png`` and ``<out>/<stem>_segments.json``.
+- ``fovseg predict IMAGES... --classes "red circle, blue star" [--stuff "grass, sky"]`` or ``--vocab ade20k_150``:
+  segment files, folders or globs; per image a panoptic PNG, COCO segments JSON (RLE masks), a semantic PNG
+  and an overlay with legend and contours (see pipeline/predict.py).
+- ``fovseg attention IMAGES... --classes "sky, grass" --out DIR``: Fig. 6 maps, original CLIP vs trained.
 - ``fovseg preset {toy,paper}``: switch params.yaml to a preset.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -15,96 +16,10 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
-
-def _overlay(image: np.ndarray, id_map: np.ndarray, segments: list[dict], names: list[str]) -> Image.Image:
-    from PIL import ImageDraw
-
-    rng = np.random.default_rng(0)
-    colours = rng.integers(40, 255, (len(segments) + 1, 3))
-    out = image.astype(np.float32).copy()
-    for k, s in enumerate(segments):
-        m = id_map == s["id"]
-        out[m] = 0.45 * out[m] + 0.55 * colours[k]
-    scale = max(1, 512 // max(image.shape[:2]))
-    pil = Image.fromarray(out.astype(np.uint8)).resize((image.shape[1] * scale, image.shape[0] * scale),
-                                                        Image.NEAREST)
-    draw = ImageDraw.Draw(pil)
-    for s in segments:
-        ys, xs = np.nonzero(id_map == s["id"])
-        if len(xs):
-            label = f"{names[s['label']]} {s['score']:.2f}"
-            x, y = int(xs.mean() * scale), int(ys.mean() * scale)
-            draw.text((x - 3 * len(label), y - 5), label, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
-    return pil
-
-
-def predict(args: argparse.Namespace) -> dict:
-    from models.generators import Mask2FormerGenerator, build_mask2former
-    from models.inference import panoptic_inference, semantic_inference
-    from pipeline.config import load_params
-    from pipeline.data.formats import bbox_of, read_image
-    from pipeline.data.vocab import vocabulary_from_names
-    from pipeline.evaluation import classifier_input_size
-    from pipeline.modeling import (
-        TEXT_CACHE_DIR,
-        load_checkpoint_weights,
-        prepare_classifier,
-        trained_weights_id,
-        vocabulary_embeddings,
-    )
-    from pipeline.runtime import pick_device
-
-    params = load_params(args.params)
-    device = pick_device(params.device)
-    stuff = {n.strip().lower() for n in (args.stuff or "").split(",") if n.strip()}
-    vocab = vocabulary_from_names(args.classes.split(",") + [n for n in (args.stuff or "").split(",")], "predict")
-    image = read_image(args.image)
-    gen_p, prop_p = params.backbones.generator, params.proposals
-    gen_name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
-    generator = Mask2FormerGenerator(build_mask2former(gen_name), gen_p.image_size, prop_p.max_proposals,
-                                     prop_p.mask_threshold, prop_p.min_area, device)
-    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, args.backbones, device)
-    checkpoint = Path(args.checkpoint)
-    if not args.zero_shot:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
-                                    "or use --zero-shot to classify with the pretrained CLIP alone")
-        load_checkpoint_weights(model, checkpoint)
-        weights_id = trained_weights_id(weights_id, checkpoint, params.model)
-    text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, TEXT_CACHE_DIR,
-                                 params.backbones.clip.model, weights_id, device)
-    props = generator([image])[0]
-    h, w = image.shape[:2]
-    masks = torch.from_numpy(props.masks)
-    with torch.inference_mode():
-        size = classifier_input_size(h, w, params.evaluate.test_short_side, params.evaluate.test_max_side,
-                           model.visual.patch_size)
-        logits = model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), masks[None].to(device),
-                              text, size=size)["logits"][0]
-    probs = logits.float().softmax(-1).cpu()
-    obj = torch.from_numpy(props.scores)
-    is_thing = torch.tensor([name.lower() not in stuff for name in vocab.names])  # stuff classes merge
-    id_map, segs = panoptic_inference(probs, masks.float(), obj, is_thing, args.threshold,
-                                      params.evaluate.overlap_threshold)
-    semantic = semantic_inference(probs, masks.float(), obj)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.image).stem
-    id_np = id_map.numpy()
-    _overlay(image, id_np, segs, vocab.names).save(out_dir / f"{stem}_overlay.png")
-    result = {"image": str(args.image), "classes": vocab.names, "proposals": len(props.masks),
-              "segments": [{"id": s["id"], "label": vocab.names[s["label"]], "score": round(s["score"], 4),
-                            "area": s["area"], "bbox": bbox_of(id_np == s["id"])} for s in segs],
-              "semantic_pixel_share": {vocab.names[c]: round(float((semantic == c).float().mean()), 4)
-                                       for c in semantic.unique().tolist()}}
-    (out_dir / f"{stem}_segments.json").write_text(json.dumps(result, indent=2))
-    print(f"{len(segs)} segments -> {out_dir / f'{stem}_overlay.png'}, {out_dir / f'{stem}_segments.json'}")
-    return result
-
+from pipeline.attention import add_arguments as add_attention_arguments
+from pipeline.attention import run_attention
+from pipeline.predict import add_arguments as add_predict_arguments
+from pipeline.predict import run_predict
 
 PRESETS = ("toy", "paper")
 
@@ -145,17 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     ap = argparse.ArgumentParser(prog="fovseg", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="segment an image with any vocabulary")
-    p.add_argument("image")
-    p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "red circle, blue square"')
-    p.add_argument("--stuff", default="", help='comma-separated amorphous classes whose regions merge into one '
-                                               'segment, e.g. "grass, sky"')
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--backbones", default="outputs/backbones")
-    p.add_argument("--checkpoint", default="outputs/train/model.pt")
-    p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
-    p.add_argument("--threshold", type=float, default=0.3, help="minimum segment score")
-    p.add_argument("--out", default="predictions")
+    p = sub.add_parser("predict", help="segment images (files, folders, globs) with any vocabulary")
+    add_predict_arguments(p)
+    a = sub.add_parser("attention", help="Fig. 6: text-to-image attention maps, original CLIP vs trained")
+    add_attention_arguments(a)
     s = sub.add_parser("preset", help="switch params.yaml to a preset (refuses to overwrite edits)")
     s.add_argument("name", choices=["toy", "paper"])
     s.add_argument("--params", default="params.yaml")
@@ -163,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         if args.command == "predict":
-            predict(args)
+            run_predict(args)
+        elif args.command == "attention":
+            run_attention(args)
         else:
             set_preset(args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

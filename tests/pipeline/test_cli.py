@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -22,19 +23,69 @@ def tiny_backbones(tmp_path_factory):
     return d
 
 
-def test_predict_writes_overlay_and_segments(tiny_backbones, toy_root, tmp_path, monkeypatch):
+def test_predict_on_a_folder_writes_panoptic_semantic_overlay_and_rle(tiny_backbones, toy_root, tmp_path,
+                                                                        monkeypatch):
+    from pycocotools import mask as mask_utils
+
+    from pipeline.data.formats import read_panoptic_png
+
     monkeypatch.chdir(tmp_path)
-    image = next((toy_root / "toy/images/open").glob("*.png"))
-    main(["predict", str(image), "--classes", "red circle, blue square", "--stuff", "grass, sky", "--params",
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted((toy_root / "toy/images/open").glob("*.png"))[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    main(["predict", str(folder), "--classes", "red circle, blue square", "--stuff", "grass, sky", "--params",
           str(REPO / "params.yaml"), "--backbones", str(tiny_backbones), "--zero-shot", "--threshold", "0.0",
-          "--out", "pred"])
-    result = json.loads((tmp_path / "pred" / f"{image.stem}_segments.json").read_text())
-    assert result["classes"] == ["red circle", "blue square", "grass", "sky"]
-    stuff_labels = [s["label"] for s in result["segments"] if s["label"] in ("grass", "sky")]
-    assert len(stuff_labels) == len(set(stuff_labels))  # one merged segment per stuff class
-    assert all(s["label"] in result["classes"] for s in result["segments"])
-    overlay = Image.open(tmp_path / "pred" / f"{image.stem}_overlay.png")
-    assert overlay.size[0] >= 96
+          "--out", "pred", "--quiet"])
+    stems = sorted(p.stem for p in folder.iterdir())
+    for stem in stems:
+        result = json.loads((tmp_path / "pred" / f"{stem}_segments.json").read_text())
+        ids = read_panoptic_png(tmp_path / "pred" / f"{stem}_panoptic.png")
+        assert {s["id"] for s in result["segments_info"]} == set(np.unique(ids)) - {0}
+        for s in result["segments_info"]:
+            decoded = mask_utils.decode({"size": s["segmentation"]["size"],
+                                         "counts": s["segmentation"]["counts"].encode()})
+            assert (decoded.astype(bool) == (ids == s["id"])).all() and s["area"] == int(decoded.sum())
+            assert s["label"] in ["red circle", "blue square", "grass", "sky"]
+        stuff = [s["label"] for s in result["segments_info"] if not s["isthing"]]
+        assert len(stuff) == len(set(stuff))  # one merged segment per stuff class
+        semantic = np.asarray(Image.open(tmp_path / "pred" / f"{stem}_semantic.png"))
+        assert semantic.shape == ids.shape and set(np.unique(semantic)) <= {0, 1, 2, 3, 255}
+        overlay = Image.open(tmp_path / "pred" / f"{stem}_overlay.png")
+        assert overlay.size[0] > 2 * ids.shape[1]  # upscaled image plus a legend panel
+    pred = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert [a["image_id"] for a in pred["annotations"]] == stems and len(pred["categories"]) == 4
+
+
+def test_predict_with_a_packaged_vocabulary_and_a_glob(tiny_backbones, toy_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pattern = str(toy_root / "toy/images/open" / "*.png")
+    from pipeline.predict import expand_inputs, resolve_vocabulary
+
+    assert len(expand_inputs([pattern])) > 1
+    vocab = resolve_vocabulary(None, None, "ade20k_150")
+    assert len(vocab) == 150 and not vocab.classes[0].isthing  # wall is stuff
+    first = sorted((toy_root / "toy/images/open").glob("*.png"))[0]
+    main(["predict", str(first), "--vocab", "ade20k_150", "--params", str(REPO / "params.yaml"), "--backbones",
+          str(tiny_backbones), "--zero-shot", "--threshold", "0.0", "--out", "pred", "--quiet"])
+    result = json.loads((tmp_path / "pred" / f"{first.stem}_segments.json").read_text())
+    names = set(vocab.names)
+    assert all(s["label"] in names for s in result["segments_info"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nope/*.png", "--classes", "a"], "matches no image"),
+    (["missing.png", "--classes", "a"], "not found"),
+    (["{img}", "--classes", "a", "--vocab", "ade20k_150"], "exactly one of"),
+    (["{img}", "--vocab", "nope"], "no such packaged vocabulary"),
+    (["{img}", "--classes", "a", "--threshold", "1.5"], "--threshold"),
+])
+def test_predict_bad_arguments_fail_with_one_clear_line(argv, message, toy_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    img = str(sorted((toy_root / "toy/images/open").glob("*.png"))[0])
+    with pytest.raises(SystemExit):
+        main(["predict", *[a.replace("{img}", img) for a in argv], "--params", str(REPO / "params.yaml")])
+    assert message in capsys.readouterr().err
 
 
 def test_predict_without_checkpoint_says_what_to_do(tiny_backbones, toy_root, tmp_path, monkeypatch, capsys):
