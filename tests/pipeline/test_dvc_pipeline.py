@@ -23,7 +23,7 @@ def _placeholder_outputs(root: Path, params: dict) -> None:
              f"outputs/proposals/{params['data']['train_benchmark']}/index.json",
              f"metrics/proposals/{params['data']['train_benchmark']}.json", "outputs/train/model.pt",
              "outputs/checkpoints/last.pt", "metrics/train.json", "metrics/train_curve.csv", "metrics/benchmark.json",
-             "reports/README.md"]
+             "reports/README.md", "outputs/attention/index.json"]
     for b in benches:
         files += [f"outputs/proposals/{b}/index.json", f"metrics/proposals/{b}.json",
                   f"outputs/eval/{b}/predictions.json", f"metrics/eval/{b}.json"]
@@ -54,5 +54,23 @@ def test_training_knob_reruns_only_downstream_stages(tmp_path):
     # what `dvc repro` would run: train, then everything that consumes its outputs
     dry = _run(DVC + ["repro", "--dry", "--force-downstream"], tmp_path)
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "benchmark", "report", *(f"evaluate@{b}" for b in benches)}, ran
+    assert ran == {"train", "benchmark", "attention", "report", *(f"evaluate@{b}" for b in benches)}, ran
     assert not {"download", "backbones", "proposals-train"} & ran and not any(s.startswith("proposals@") for s in ran)
+
+
+def test_paper_preset_plan_on_a_fresh_clone(tmp_path):
+    """`dvc repro --dry -f` lists every stage of the paper preset without running or failing (plain `--dry`
+    trips over DVC issue #9818 on a fresh clone: its run-cache lookup hashes not-yet-produced dependencies)."""
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for d in ("pipeline", "models", "stages"):
+        shutil.copytree(REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pipeline" / "presets" / "paper.yaml", tmp_path / "params.yaml")
+    _run(["git", "init", "-q"], tmp_path)
+    _run(DVC + ["init", "-q"], tmp_path)
+    dry = _run(DVC + ["repro", "--dry", "-f"], tmp_path)
+    ran = [line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")]
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert ran[0] == "download" and ran[-1] == "report"
+    assert {"train", "proposals-train", *(f"evaluate@{b}" for b in params["data"]["eval_benchmarks"])} <= set(ran)
+    assert "--benchmark ade20k_150" in dry and not (tmp_path / "outputs").exists()  # planned, nothing ran
