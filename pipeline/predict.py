@@ -104,12 +104,13 @@ def write_semantic_png(path: Path, labels: np.ndarray, n_classes: int) -> None:
             Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
 
 
-def class_colour(vocab: Vocabulary, label: int) -> tuple[int, int, int]:
-    c = vocab.classes[label].color
-    if tuple(c) != (128, 128, 128):
-        return tuple(int(x) for x in c)
-    rng = np.random.default_rng(label + 7)
-    return tuple(int(x) for x in rng.integers(40, 240, 3))
+def segment_colour(k: int) -> tuple[int, int, int]:
+    """A distinct colour per segment (matplotlib's tab20), so that the legend tells segments of similar
+    classes apart (class colours would repeat the object's own colour)."""
+    import matplotlib
+
+    r, g, b, _ = matplotlib.colormaps["tab20"](k % 20)
+    return int(255 * r), int(255 * g), int(255 * b)
 
 
 def overlay(image: np.ndarray, id_map: np.ndarray, segments: list[dict], vocab: Vocabulary) -> Image.Image:
@@ -117,16 +118,16 @@ def overlay(image: np.ndarray, id_map: np.ndarray, segments: list[dict], vocab: 
     scale = max(1, 512 // max(image.shape[:2]))
     img = np.repeat(np.repeat(image, scale, 0), scale, 1).astype(np.float32)
     ids = np.repeat(np.repeat(id_map, scale, 0), scale, 1)
-    for s in segments:
+    for k, s in enumerate(segments):
         m = ids == s["id"]
-        img[m] = 0.45 * img[m] + 0.55 * np.array(class_colour(vocab, s["label"]))
+        img[m] = 0.35 * img[m] + 0.65 * np.array(segment_colour(k))
     edge = np.zeros(ids.shape, bool)
     edge[:-1] |= ids[:-1] != ids[1:]
     edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
     img[edge] = 255
     pil = Image.fromarray(img.clip(0, 255).astype(np.uint8))
     row, pad = 16, 6
-    legend_w = 12 + 7 * max([len(_legend_text(s, vocab)) for s in segments] + [12])
+    legend_w = 30 + 7 * max([len(_legend_text(s, vocab)) for s in segments] + [12])
     canvas = Image.new("RGB", (pil.width + legend_w, max(pil.height, pad * 2 + row * (len(segments) + 1))),
                        (255, 255, 255))
     canvas.paste(pil, (0, 0))
@@ -135,13 +136,32 @@ def overlay(image: np.ndarray, id_map: np.ndarray, segments: list[dict], vocab: 
     draw.text((x0, pad), f"{len(segments)} segments", fill=(0, 0, 0))
     for k, s in enumerate(segments, start=1):
         y = pad + k * row
-        draw.rectangle((x0, y + 2, x0 + 10, y + 12), fill=class_colour(vocab, s["label"]), outline=(0, 0, 0))
-        draw.text((x0 + 14, y + 1), _legend_text(s, vocab), fill=(0, 0, 0))
-        ys, xs = np.nonzero(ids == s["id"])
-        if len(xs):  # segment number at its centre, matching the legend
-            draw.text((int(xs.mean()) - 3, int(ys.mean()) - 5), str(k), fill=(255, 255, 255), stroke_width=2,
-                      stroke_fill=(0, 0, 0))
+        draw.rectangle((x0, y + 2, x0 + 10, y + 12), fill=segment_colour(k - 1), outline=(0, 0, 0))
+        draw.text((x0 + 14, y + 1), f"{k} {_legend_text(s, vocab)}", fill=(0, 0, 0))
+        spot = label_spot(id_map == s["id"])
+        if spot is not None:  # the segment's number, matching the legend
+            draw.text((spot[1] * scale + scale // 2 - 3, spot[0] * scale + scale // 2 - 5), str(k),
+                      fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
     return canvas
+
+
+def label_spot(mask: np.ndarray, max_erosions: int = 64) -> tuple[int, int] | None:
+    """A pixel deep inside ``mask`` (erode while something is left, then the pixel nearest the centroid)."""
+    if not mask.any():
+        return None
+    core = np.pad(mask, 1)  # outside the image counts as outside the segment
+    for _ in range(max_erosions):
+        inner = core.copy()
+        inner[1:] &= core[:-1]
+        inner[:-1] &= core[1:]
+        inner[:, 1:] &= core[:, :-1]
+        inner[:, :-1] &= core[:, 1:]
+        if not inner.any():
+            break
+        core = inner
+    ys, xs = np.nonzero(core[1:-1, 1:-1])
+    j = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
+    return int(ys[j]), int(xs[j])
 
 
 def _legend_text(s: dict, vocab: Vocabulary) -> str:
