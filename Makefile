@@ -9,7 +9,7 @@ $(BIN)/fovseg: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test test-all lint mlflow-ui
+.PHONY: install demo test test-all lint mlflow-ui plots
 install: $(BIN)/fovseg
 
 demo: install
@@ -27,3 +27,7 @@ lint: install
 mlflow-ui: install
 	$(BIN)/python -m pipeline.tracking relocate mlflow.db  # the store may have been moved with mlartifacts/
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+plots: install  # dvc plots show, offline (vega inlined instead of loaded from a CDN)
+	$(BIN)/python -m pipeline.scripts.offline_plots --out .dvc/tmp/offline_plots.html
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc plots show --html-template .dvc/tmp/offline_plots.html

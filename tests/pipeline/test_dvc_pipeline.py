@@ -74,3 +74,20 @@ def test_paper_preset_plan_on_a_fresh_clone(tmp_path):
     assert ran[0] == "download" and ran[-1] == "report"
     assert {"train", "proposals-train", *(f"evaluate@{b}" for b in params["data"]["eval_benchmarks"])} <= set(ran)
     assert "--benchmark ade20k_150" in dry and not (tmp_path / "outputs").exists()  # planned, nothing ran
+
+
+def test_offline_plots_template_inlines_vega_and_no_cdn(tmp_path):
+    from pipeline.scripts.offline_plots import main
+
+    out = tmp_path / "offline.html"
+    main(["--out", str(out)])
+    html = out.read_text()
+    assert "{plot_divs}" in html and "{scripts}" not in html  # DVC adds no CDN <script> tags
+    assert "window.vegaEmbed" in html and "cdn.jsdelivr" not in html and "https://cdn" not in html
+    head = html[:html.index("{plot_divs}")]
+    assert head.count("<script") == 1 and "</script" not in head[head.index("<script") + 7:-200].replace(
+        "<\\/script", "")
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    declared = [next(iter(p)) if isinstance(p, dict) else p for p in dvc_yaml["plots"]]
+    assert declared == ["loss_terms", "reports/figures"]  # each plot once; the report's PNGs as image plots
+    assert not any("plots" in st for st in dvc_yaml["stages"].values())

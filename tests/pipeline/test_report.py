@@ -92,8 +92,11 @@ def test_table4_and_fig9_from_sweep_files(metrics, tmp_path):
     t4 = (out / "table4_modules.md").read_text()
     assert "| baseline (f_q tuned, frozen generator) | 2 | 20.0 ± 0.5 | -3.0 | 24.6 | -3.2 | 0 |" in t4
     assert "| + FiSeR + TeVA (ref) | 1 | 23.0 | +0.0 | 27.8 | +0.0 | 1 |" in t4
-    assert "fig9_iterations.png" in result["plots"] and (out / "fig9_iterations.png").stat().st_size > 1000
-    assert {"fig2_oracles.png", "fig3_gain_ade20k_150.png", "train_curve.png"} <= set(result["plots"])
+    assert "figures/fig9_iterations.png" in result["plots"]
+    assert (out / "figures" / "fig9_iterations.png").stat().st_size > 1000
+    assert {"figures/fig2_oracles.png", "figures/fig3_gain_ade20k_150.png", "figures/train_curve.png"} <= set(
+        result["plots"])
+    assert {p.suffix for p in (out / "figures").iterdir()} == {".png"}
     assert not (tmp_path / "reports.partial").exists()
 
 
