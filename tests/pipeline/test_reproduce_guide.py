@@ -1,0 +1,38 @@
+"""The reproduction helpers: `stages.download --check` and the weight prefetch for offline clusters."""
+from pathlib import Path
+
+import stages.download as download
+from pipeline.config import load_params
+from stages.common import run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_download_check_lists_present_missing_and_sizes_without_downloading(tmp_path, capsys):
+    (tmp_path / "ADEChallengeData2016/images/validation").mkdir(parents=True)
+    result = run(download.main, download.build_parser(), [
+        "--check", "--params", str(REPO / "pipeline/presets/paper.yaml"), "--root", str(tmp_path),
+        "--datasets", "coco", "ade20k", "mapillary_vistas"])
+    rows = {r["dataset"]: r for r in result["check"]}
+    assert rows["ade20k"]["status"] == "present" and rows["coco"]["status"] == "missing"
+    assert rows["mapillary_vistas"]["licence_gated"] and rows["mapillary_vistas"]["action"]
+    assert result["check"][0]["dataset"] == "mapillary_vistas"  # licence-gated first
+    assert rows["coco"]["download_GB"] > 10
+    out = capsys.readouterr().out
+    assert "mapillary_vistas (do this first)" in out and "still needed" in out
+    assert not (tmp_path / "downloads").exists() and not (tmp_path / "coco").exists()  # nothing fetched
+
+
+def test_prefetch_builds_each_hub_backbone_once(monkeypatch):
+    import models.clip_backbone as cb
+    import models.generators as gens
+    from pipeline.scripts.prefetch_weights import prefetch
+
+    calls = []
+    monkeypatch.setattr(cb, "build_clip", lambda model, pretrained: calls.append(("clip", model, pretrained)))
+    monkeypatch.setattr(gens, "build_mask2former", lambda name: calls.append(("m2f", name)))
+    done = prefetch(load_params(REPO / "pipeline/presets/paper.yaml"))
+    assert calls == [("clip", "ViT-L-14-336-quickgelu", "openai"),
+                     ("m2f", "facebook/mask2former-swin-base-coco-panoptic")] and len(done) == 2
+    calls.clear()
+    assert prefetch(load_params(REPO / "params.yaml")) == [] and calls == []  # the toy preset needs none
