@@ -121,3 +121,65 @@ def test_preset_switch_never_loses_edits(tmp_path, capsys):
     assert "preset: paper" in params.read_text()
     backups = list(tmp_path.glob("params.yaml.*.bak"))
     assert len(backups) == 1 and backups[0].read_text() == edited  # the edits are kept
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_backbones, tmp_path_factory):
+    from pipeline.config import load_params
+    from pipeline.modeling import prepare_classifier
+
+    params = load_params(REPO / "params.yaml")
+    model, _, _ = prepare_classifier(params.backbones.clip, params.model, tiny_backbones)
+    with torch.no_grad():  # a "trained" model that differs from the original CLIP
+        model.visual.blocks[-1].attn.q_proj.weight.mul_(1.5)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def test_attention_writes_original_vs_trained_maps(tiny_backbones, tiny_checkpoint, toy_root, tmp_path,
+                                                   monkeypatch):
+    from pipeline.attention import attention_figure, load_models
+    from pipeline.config import load_params
+    from pipeline.data.formats import read_image
+    from pipeline.predict import resolve_vocabulary
+
+    monkeypatch.chdir(tmp_path)
+    image = sorted((toy_root / "toy/images/open").glob("*.png"))[0]
+    main(["attention", str(image), "--classes", "sky, grass, red circle", "--params", str(REPO / "params.yaml"),
+          "--backbones", str(tiny_backbones), "--checkpoint", str(tiny_checkpoint), "--out", "att"])
+    out = tmp_path / "att" / f"{image.stem}_attention.png"
+    assert out.stat().st_size > 5000
+    params = load_params(REPO / "params.yaml")
+    models = load_models(params, str(tiny_backbones), str(tiny_checkpoint),
+                         resolve_vocabulary("sky, grass, red circle", None, None), torch.device("cpu"))
+    from pipeline.attention import patch_class_maps
+    from pipeline.evaluation import classifier_input_size
+
+    img = read_image(image)
+    size = classifier_input_size(*img.shape[:2], params.evaluate.test_short_side, params.evaluate.test_max_side,
+                                 models["trained"][0].visual.patch_size)
+    maps = {k: patch_class_maps(m, t, img, size) for k, (m, t) in models.items()}
+    assert maps["trained"].shape[0] == 3 and np.allclose(maps["trained"].sum(0), 1.0, atol=1e-4)
+    assert not np.allclose(maps["trained"], maps["original CLIP"])  # the checkpoint changes the maps
+    assert attention_figure(models, img, ["sky", "grass", "red circle"], params) is not None
+
+
+def test_attention_stage_feeds_the_report(tiny_backbones, tiny_checkpoint, toy_root, tmp_path, monkeypatch):
+    import yaml
+
+    import stages.attention as attention
+    from pipeline.report import copy_attention
+    from stages.common import run
+
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["root"] = str(toy_root)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run(attention.main, attention.build_parser(), ["--benchmark", "toy_open", "--backbones", str(tiny_backbones),
+                                                   "--checkpoint", str(tiny_checkpoint), "--out", "att", "--n", "2"])
+    index = json.loads((tmp_path / "att" / "index.json").read_text())
+    assert len(index["images"]) == 2 and all(item["classes"] for item in index["images"])
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    assert len(copy_attention(tmp_path / "att", figs)) == 2
