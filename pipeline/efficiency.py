@@ -85,3 +85,21 @@ def compare_vocabularies(model: FOVSeg, runs: dict[str, tuple], repeats: int, **
                 secs[name].append(time_inference(model, ds, store, text, **kw))
             peaks[name] = max(peaks[name], mem["peak_mb"])
     return {k: {"images_per_s": 1 / statistics.median(v), "peak_memory_mb": peaks[k]} for k, v in secs.items()}
+
+
+@torch.inference_mode()
+def time_end_to_end(segment, ds: BenchmarkDataset, n_images: int, device: torch.device) -> dict:
+    """Images/s and peak memory of the whole inference (``segment(image)``: generator + classifier + panoptic
+    merging, e.g. :class:`pipeline.predict.Segmenter`) on the first ``n_images`` raw images (first one = warm-up)."""
+    images = [ds[i].image for i in range(min(n_images, len(ds)))]
+    times = []
+    with peak_memory(device) as mem:
+        for image in images:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            segment(image)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+    return {"images_per_s": 1 / statistics.median(times[1:] or times), "peak_memory_mb": mem["peak_mb"]}
