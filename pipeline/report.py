@@ -235,13 +235,13 @@ def table2(bench: dict | None, evals: dict[str, dict]) -> Table:
              ["Δ this run − FOV-Seg (paper)", *[fmt(delta(a, b), signed=True)
                                                 for a, b in zip(ours, spec["rows"][PAPER_ROW])]]]
     b = bench or {}
-    notes = [f"Peers and FOV-Seg (paper): the paper's Table II. {spec['note']}",
-             "This run: " + (f"device {b.get('device', NA)}, precision {b.get('precision', 'not recorded')}, "
-                             f"{b.get('scope') if 'end_to_end' in b else 'classifier only, on cached proposals'}; "
-                             "FPS = images/s, memory = peak "
-                             f"allocated GB; trainable parameters "
-                             f"{'as the paper counts them' if 'trainable_params_paper' in b else 'of the classifier'}"
-                             if bench else "metrics/benchmark.json is missing: run `dvc repro benchmark`."),
+    scope = b.get("scope") if "end_to_end" in b else "classifier only, on cached proposals"
+    counted = "kept after training (FiSeR predictor excluded)" if "trainable_params_paper" in b else \
+        "of the classifier"
+    this_run = (f"device {b.get('device', NA)}, precision {b.get('precision', 'not recorded')}, {scope}; FPS = "
+                f"images/s, memory = peak allocated GB; trainable parameters {counted}" if bench else
+                "metrics/benchmark.json is missing: run `dvc repro benchmark`.")
+    notes = [f"Peers and FOV-Seg (paper): the paper's Table II. {spec['note']}", "This run: " + this_run,
              "A-847/A-150 cells are n/a unless those benchmarks were measured (toy analogues: inference table)."]
     return Table("table2", "Table II: training cost, trainable parameters, inference speed and memory",
                  ["method", *[TABLE2_TITLES[k] for k in keys]], rows, notes)

@@ -53,6 +53,9 @@ def main(args, params: Params) -> dict:
         ds = runs[name][0]
         segmenter = build_segmenter(params, ds.vocab, args.backbones, args.checkpoint, ev.object_threshold, device)
         end_to_end[name] = time_end_to_end(segmenter, ds, bp.n_images, device)
+    # Table II counts what is trained and kept: the FiSeR predictor is discarded after training
+    metrics["trainable_params_paper"] = sum(p.numel() for n, p in model.named_parameters()
+                                            if p.requires_grad and not n.startswith("fiser."))
     metrics.update({"end_to_end": end_to_end, "precision": "fp32",
                     "scope": "end to end (generator + classifier + panoptic merging), text embeddings cached"})
     write_metrics(args.metrics, metrics)
