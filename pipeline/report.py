@@ -297,12 +297,21 @@ def _paper_row(part: dict, label: str) -> dict | None:
     return hit if isinstance(hit, dict) else {"PQ": hit}
 
 
+def sweep_metrics(sweep: dict, shown: tuple[str, ...] = ("PQ", "mIoU")) -> list[str]:
+    """The ``<bench>/<metric>`` keys a Table IV part shows: the paper's metrics on the grid's benchmarks (the
+    sweep file keeps every metric and the training losses)."""
+    benches = set(sweep.get("benchmarks") or [])
+    keys = dict.fromkeys(k for r in sweep.get("rows", []) for k in r.get("mean", {}))
+    return [k for k in keys if "/" in k and k.rsplit("/", 1)[1] in shown
+            and (not benches or k.split("/")[0] in benches)]
+
+
 def table4(grid: str, sweep: dict) -> Table:
     """One Table IV part: this run's mean (± std over seeds) per row, delta to the reference row, the paper."""
     key = TABLE4_KEYS.get(sweep.get("paper_table", ""))
     part = paper_tables()["table4_ablations"].get(key, {}) if key else {}
     rows_in = sweep.get("rows", [])
-    metrics = list(dict.fromkeys(k for r in rows_in for k in r.get("mean", {})))
+    metrics = sweep_metrics(sweep)
     paper_metrics = list(dict.fromkeys(k for r in rows_in for k in (_paper_row(part, r["label"]) or {})))
     ref = next((r for r in rows_in if r["label"] == sweep.get("reference_row")), None)
     ref_paper = _paper_row(part, ref["label"]) if ref else None
@@ -338,7 +347,7 @@ def plot_fig9(grid: str, sweep: dict, out: Path) -> str | None:
     if len(rows) < 2:
         return None
     rows.sort(key=lambda r: r["x"])
-    metrics = list(dict.fromkeys(k for r in rows for k in r.get("mean", {})))
+    metrics = sweep_metrics(sweep)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for k in metrics:
         xs = [r["x"] for r in rows if k in r.get("mean", {})]

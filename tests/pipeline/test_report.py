@@ -39,7 +39,8 @@ def metrics(tmp_path):
     sweep = {"grid": "modules", "paper_table": "IV(a)", "reference_row": "+ FiSeR + TeVA", "benchmarks": ["ade20k_150"],
              "seeds": [0, 1], "wall_seconds": 12.0, "failed_trials": 1,
              "rows": [{"label": "baseline (f_q tuned, frozen generator)", "overrides": {"model.fiser.enabled": False},
-                       "n": 2, "mean": {"ade20k_150/PQ": 20.0}, "std": {"ade20k_150/PQ": 0.5},
+                       "n": 2, "mean": {"ade20k_150/PQ": 20.0, "ade20k_150/SQ": 70.0, "train/loss": 1.2},
+                       "std": {"ade20k_150/PQ": 0.5},
                        "values": {"ade20k_150/PQ": [19.5, 20.5]}, "failures": []},
                       {"label": "+ FiSeR + TeVA", "overrides": {}, "n": 1, "mean": {"ade20k_150/PQ": 23.0},
                        "std": {"ade20k_150/PQ": 0.0}, "values": {"ade20k_150/PQ": [23.0]},
@@ -101,6 +102,7 @@ def test_table4_and_fig9_from_sweep_files(metrics, tmp_path):
     t4 = (out / "table4_modules.md").read_text()
     assert "| baseline (f_q tuned, frozen generator) | 2 | 20.0 ± 0.5 | -3.0 | 24.6 | -3.2 | 0 |" in t4
     assert "| + FiSeR + TeVA (ref) | 1 | 23.0 | +0.0 | 27.8 | +0.0 | 1 |" in t4
+    assert "train/loss" not in t4 and "SQ" not in t4  # the paper's metric only; the JSON keeps the rest
     assert "figures/fig9_iterations.png" in result["plots"]
     assert (out / "figures" / "fig9_iterations.png").stat().st_size > 1000
     assert {"figures/fig2_oracles.png", "figures/fig3_gain_ade20k_150.png", "figures/train_curve.png"} <= set(
