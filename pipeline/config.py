@@ -133,13 +133,20 @@ class ProposalsParams:
 
 @dataclass(frozen=True)
 class TevaParams:
-    target_attention: bool = True  # step 1: mask tokens x class text embeddings (g_q, g_k, g_v)
-    image_attention: bool = True  # step 2 chained on step 1: masked attention to image tokens (f_q, f_k, f_v)
+    target_attention: bool = True  # Mask-Target x-att: mask tokens x target-class text embeddings (g_q, g_k, g_v)
+    image_attention: bool = True  # Mask-Image x-att (eq. 7); false = MaskCLIP's mask attention (+ self key)
+    train_targets: Literal["image", "vocabulary"] = "image"  # [TGT] in training: gt classes per image | vocab
+    width: int = 0  # g_q/g_k/g_v width; 0 = CLIP's width, else a bottleneck ("lightweight" TeVA)
+    shared: bool = False  # one set of g projections shared by all blocks
+
+    def validate(self, key: str) -> None:
+        _check(self.width >= 0, f"{key}.width", "must be >= 0 (0 = CLIP's width)")
 
 
 @dataclass(frozen=True)
 class FiserParams:
     enabled: bool = True
+    variant: Literal["text_encoder", "embedding"] = "text_encoder"  # eq. 2 through CLIP's text encoder | ablation
     layers: int = 2
     heads: int = 4
 
@@ -170,6 +177,7 @@ class ModelParams:
         _check(len(self.templates) >= 1 and all("{}" in t for t in self.templates), f"{key}.templates",
                "needs at least one template, each with a '{}' placeholder")
         self.fiser.validate(f"{key}.fiser")
+        self.teva.validate(f"{key}.teva")
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,13 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def build_classifier(clip, model_params: ModelParams, image_size: int) -> FOVSeg:
-    return FOVSeg(clip, TevaConfig(model_params.teva.target_attention, model_params.teva.image_attention),
+def build_classifier(clip, model_params: ModelParams, image_size: int, tokenizer=None) -> FOVSeg:
+    t = model_params.teva
+    return FOVSeg(clip, TevaConfig(t.target_attention, t.image_attention, t.width, t.shared),
                   adapter_layers=model_params.adapter_layers, adapter_channels=model_params.adapter_channels,
                   fiser_layers=model_params.fiser.layers if model_params.fiser.enabled else 0,
-                  fiser_heads=model_params.fiser.heads, image_size=image_size)
+                  fiser_heads=model_params.fiser.heads, image_size=image_size,
+                  fiser_variant=model_params.fiser.variant, teva_train_targets=t.train_targets, tokenizer=tokenizer)
 
 
 def vocabulary_embeddings(model: FOVSeg, tokenizer, vocab: Vocabulary, templates: tuple[str, ...],
@@ -83,6 +85,6 @@ def prepare_classifier(clip_params: ClipParams, model_params: ModelParams, backb
     from models.trainable import select_trainable
 
     clip, tokenizer = load_clip(clip_params, backbones_dir, device="cpu")
-    model = build_classifier(clip, model_params, clip_params.image_size)
+    model = build_classifier(clip, model_params, clip_params.image_size, tokenizer)
     select_trainable(model, model_params.trainable, tune_text=model_params.tune_text)
     return model.to(device), tokenizer, clip_weights_id(clip_params, backbones_dir)

@@ -167,6 +167,7 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
     of the training vocabulary (cached, or recomputed with gradients when the text tower trains)."""
     rank, world = _world()
     model.to(device).train()
+    model.set_label_names([c.synonyms[0] if c.synonyms else c.name for c in train_set.ds.vocab.classes])  # FiSeR
     ddp_model: torch.nn.Module = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -215,7 +216,7 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
                 text = text_embeds().to(device)
                 use_fiser = model.fiser is not None and loss_weights.get("fiser", 0) > 0
                 out = ddp_model(batch.images.to(device), batch.masks.to(device), text,
-                                fiser_class_sets=batch.class_sets if use_fiser else None)
+                                fiser_class_sets=batch.class_sets if use_fiser else None, class_sets=batch.class_sets)
                 terms = {"ce": mask_classification_loss(out["logits"].float(), batch.targets.to(device))}
                 if use_fiser:
                     terms["fiser"] = out["loss_fiser"]
