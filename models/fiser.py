@@ -14,10 +14,11 @@ positions are averaged and passed through a linear layer, then scored by cosine 
 the image's K class embeddings (eqs. 4-5: the cached vocabulary embeddings); cross-entropy (eq. 6).
 Batching pads sequences with [PAD] (CLIP's 0 id after [EOT]; the text encoder is causal, so this
 changes nothing before it) and masks padding out of the Predictor's attention; the K_max class
-axis is padded and its logits set to -inf. Context length: if the sequence does not fit CLIP's
-context, the labels after the masked one are dropped from the *sequence* first, then those before
-it (they stay candidates in the K-way softmax); the masked label itself is cut to what fits. CLIP's
-positional embeddings are never stretched.
+axis is padded and its logits set to -inf. Context length: the masked label always enters the
+sequence (cut to what fits, if it alone is too long); the other labels are added while they fit,
+first those after it in order, then those before it (nearest first); a label that does not fit is
+left out of the *sequence* only (it stays a candidate in the K-way softmax). CLIP's positional
+embeddings are never stretched.
 
 ``embedding`` (the earlier ablation), :class:`FiserPredictor`: the image's K pooled class
 embeddings are the text tokens and [M] replaces one of them after the text encoder.
