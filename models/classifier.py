@@ -107,7 +107,7 @@ class FOVSeg(nn.Module):
     def prepare_vocabulary(self, text_embeds: torch.Tensor) -> None:
         """Project a vocabulary's (C,E) embeddings through TeVA's g_k/g_v once; later inference calls with
         the same embeddings reuse them (the cache is also filled by the first such call)."""
-        self.visual.target_keys_values(text_embeds[None])
+        self.visual.target_keys_values(text_embeds)
 
     def encode_text_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_text(tokens), dim=-1)

@@ -336,18 +336,20 @@ class MaskCLIPVisual(nn.Module):
         return list(seen.values())
 
     def target_keys_values(self, targets: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """TeVA's g_k/g_v of the targets (Bt,T,E) for every (distinct) TeVA module, keyed by module id.
+        """TeVA's g_k/g_v of the targets, (C,E) shared by the batch or (Bt,T,E), for every (distinct) TeVA
+        module, keyed by module id; values are (Bt or 1, H, T, w/H).
 
         Without autograd (inference) the result is cached: a later call with equal targets and unchanged
         TeVA weights reuses it, so a benchmark's vocabulary is projected once, not once per image."""
         modules = self._teva_modules()
+        batched = targets if targets.dim() == 3 else targets[None]
         if torch.is_grad_enabled():
-            return {id(t): t.keys_values(targets) for t in modules}
+            return {id(t): t.keys_values(batched) for t in modules}
         versions = tuple(p._version for t in modules for p in t.parameters())
         cached = self._kv_cache
         if cached is not None and cached[1] == versions and _same_targets(cached[0], targets):
             return cached[2]
-        kv = {id(t): t.keys_values(targets) for t in modules}
+        kv = {id(t): t.keys_values(batched) for t in modules}
         self._kv_cache = (targets if targets.device.type == "meta" else targets.detach().clone(), versions, kv)
         return kv
 
@@ -371,7 +373,7 @@ class MaskCLIPVisual(nn.Module):
         bias = self.mask_bias(masks, grid).to(x.dtype)
         kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if text is not None and q and self._teva_modules():
-            kv = self.target_keys_values(text if text.dim() == 3 else text[None])
+            kv = self.target_keys_values(text)
         for block in self.blocks:
             x, m = block(x, m, bias, kv.get(id(block.teva)), target_pad)
         x = self.ln_post(x)
