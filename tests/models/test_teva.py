@@ -6,8 +6,10 @@ import torch.nn.functional as F
 from models.mask_encoder import TevaConfig
 from tests.models.conftest import make_fovseg
 
+TEVA = TevaConfig(True, True)
 
-def _teva_model(clip, teva=TevaConfig(True, True), **kw):
+
+def _teva_model(clip, teva=TEVA, **kw):
     model = make_fovseg(clip, teva=teva, adapter_layers=2, **kw)
     torch.manual_seed(3)
     for block in model.visual.blocks:
