@@ -166,8 +166,8 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
     """Train (or resume) into ``out_dir``; returns summary metrics. ``text_embeds()`` gives (C,E) embeddings
     of the training vocabulary (cached, or recomputed with gradients when the text tower trains)."""
     rank, world = _world()
-    model.to(device).train()
     model.set_label_names([c.synonyms[0] if c.synonyms else c.name for c in train_set.ds.vocab.classes])  # FiSeR
+    model.to(device).train()
     ddp_model: torch.nn.Module = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
