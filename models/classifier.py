@@ -106,8 +106,8 @@ class FOVSeg(nn.Module):
     @torch.no_grad()
     def prepare_vocabulary(self, text_embeds: torch.Tensor) -> None:
         """Project a vocabulary's (C,E) embeddings through TeVA's g_k/g_v once; later inference calls with
-        the same embeddings reuse them (the cache is also filled by the first such call)."""
-        self.visual.target_keys_values(text_embeds)
+        the same embeddings reuse them (the cache is also filled by the first such call). Always recomputes."""
+        self.visual.target_keys_values(text_embeds, refresh=True)
 
     def encode_text_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_text(tokens), dim=-1)

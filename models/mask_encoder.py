@@ -335,19 +335,22 @@ class MaskCLIPVisual(nn.Module):
                 seen.setdefault(id(block.teva), block.teva)
         return list(seen.values())
 
-    def target_keys_values(self, targets: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    def target_keys_values(self, targets: torch.Tensor, refresh: bool = False
+                           ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """TeVA's g_k/g_v of the targets, (C,E) shared by the batch or (Bt,T,E), for every (distinct) TeVA
         module, keyed by module id; values are (Bt or 1, H, T, w/H).
 
         Without autograd (inference) the result is cached: a later call with equal targets and unchanged
-        TeVA weights reuses it, so a benchmark's vocabulary is projected once, not once per image."""
+        TeVA weights reuses it, so a benchmark's vocabulary is projected once, not once per image.
+        (Weights created under ``torch.inference_mode`` have no version counter: in-place edits to those
+        are not detected; pass ``refresh=True`` after such an edit.)"""
         modules = self._teva_modules()
         batched = targets if targets.dim() == 3 else targets[None]
         if torch.is_grad_enabled():
             return {id(t): t.keys_values(batched) for t in modules}
-        versions = tuple(p._version for t in modules for p in t.parameters())
+        versions = tuple(_version(p) for t in modules for p in t.parameters())
         cached = self._kv_cache
-        if cached is not None and cached[1] == versions and _same_targets(cached[0], targets):
+        if not refresh and cached is not None and cached[1] == versions and _same_targets(cached[0], targets):
             return cached[2]
         kv = {id(t): t.keys_values(batched) for t in modules}
         self._kv_cache = (targets if targets.device.type == "meta" else targets.detach().clone(), versions, kv)
@@ -380,6 +383,14 @@ class MaskCLIPVisual(nn.Module):
         m = self.ln_post(m)
         return {"image_embeds": self.project(x[:, 0]), "patch_embeds": self.project(x[:, 1:]),
                 "mask_embeds": self.project(m)}
+
+
+def _version(p: torch.Tensor) -> tuple[int, int]:
+    """(tensor identity, in-place version); inference tensors have no version counter (-1)."""
+    try:
+        return id(p), p._version
+    except RuntimeError:
+        return id(p), -1
 
 
 def _same_targets(cached: torch.Tensor, targets: torch.Tensor) -> bool:

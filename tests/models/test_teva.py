@@ -82,18 +82,19 @@ def test_vocabulary_keys_values_are_computed_once_and_reused_exactly(tiny_clip):
     with torch.no_grad():
         fresh = [model(images[i:i + 1], masks[i:i + 1], text.clone())["logits"] for i in range(2)]
         assert len(calls) == 1  # equal vocabulary (even a new tensor): projected once for both images
-        model.prepare_vocabulary(text)
-        assert len(calls) == 1
+        model.prepare_vocabulary(text)  # explicit preparation always recomputes ...
+        prepared = model(images[:1], masks[:1], text)["logits"]
+        assert len(calls) == 2 and torch.equal(prepared, fresh[0])  # ... and the forward reuses it
         with torch.enable_grad():  # training (autograd on) never uses the cache
             out = model(images[:1], masks[:1], text)["logits"]
-        assert len(calls) == 2 and out.requires_grad and torch.allclose(out, fresh[0], atol=1e-6)
+        assert len(calls) == 3 and out.requires_grad and torch.allclose(out, fresh[0], atol=1e-6)
         model.visual._kv_cache = None
         uncached = [model(images[i:i + 1], masks[i:i + 1], text)["logits"] for i in range(2)]
         other = model(images[:1], masks[:1], text[:4])["logits"]  # another vocabulary: recomputed
-        assert len(calls) == 4 and other.shape[-1] == 4
+        assert len(calls) == 5 and other.shape[-1] == 4
         model.visual.blocks[0].teva.g_k.weight.add_(0.1)  # changed weights invalidate the cache
         model(images[:1], masks[:1], text[:4])
-        assert len(calls) == 5
+        assert len(calls) == 6
     hook.remove()
     for a, b in zip(fresh, uncached):
         assert torch.equal(a, b)
@@ -151,3 +152,16 @@ def test_lightweight_teva_width_and_shared(tiny_clip):
     loss = trained(images, masks, text, class_sets=[[0], [1, 2]])["logits"].logsumexp(-1).mean()
     loss.backward()
     assert trained.visual.blocks[0].teva.g_k.weight.grad.abs().sum() > 0
+
+
+def test_cache_works_for_a_model_built_in_inference_mode(tiny_clip):
+    """Weights created under inference_mode carry no version counter; the cache still works."""
+    clip, _ = tiny_clip
+    images, masks, text = _inputs(1)
+    with torch.inference_mode():
+        model = _teva_model(clip)
+        a = model(images, masks, text)["logits"]
+        b = model(images, masks, text)["logits"]
+        model.prepare_vocabulary(text)
+        c = model(images, masks, text)["logits"]
+    assert torch.equal(a, b) and torch.equal(a, c)
