@@ -27,7 +27,7 @@ def test_stages_chain_on_a_tiny_toy_world(tmp_path, monkeypatch):
     params["data"]["toy"].update(n_train=16, n_val=4, n_open=4, n_captions=256)
     params["backbones"]["clip"]["pretrain"].update(steps=3, batch_size=16)
     params["backbones"]["generator"]["pretrain"].update(steps=3, batch_size=2)
-    params["train"].update(iterations=4, checkpoint_every=2, batch_size=2)
+    params["train"].update(iterations=4, checkpoint_every=2, batch_size=2, warmup_iters=2)
     params["benchmark"].update(n_images=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
