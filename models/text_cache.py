@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -69,9 +71,18 @@ class TextEmbeddingCache:
             return torch.load(path, map_location="cpu", weights_only=True)
         emb = compute_text_embeddings(encode, synonyms, templates)
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(emb, tmp)
-        tmp.replace(path)
+        # a unique temp name per writer: two processes computing the same key never write the same file
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.directory)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            torch.save(emb, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return emb
 
 

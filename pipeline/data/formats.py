@@ -21,6 +21,13 @@ class DatasetError(ValueError):
     """A dataset file is missing, unreadable or inconsistent; the message names the file."""
 
 
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0666 minus the process umask (0644 typically)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
@@ -29,6 +36,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, default_file_mode())  # mkstemp makes 0600; a shared dataset root needs the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, target)
