@@ -10,6 +10,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -38,6 +39,30 @@ def _overlay(image: np.ndarray, id_map: np.ndarray, segments: list[dict], names:
             x, y = int(xs.mean() * scale), int(ys.mean() * scale)
             draw.text((x - 3 * len(label), y - 5), label, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
     return pil
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def writable_dir(text: str) -> str:
+    """argparse type: a folder we can create and write into, checked before any model is built."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write to {path} ({exc.strerror or exc}); choose another "
+                                         "folder") from None
+    return text
 
 
 def predict(args: argparse.Namespace) -> dict:
@@ -134,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backbones", default="outputs/backbones")
     p.add_argument("--checkpoint", default="outputs/train/model.pt")
     p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
-    p.add_argument("--threshold", type=float, default=0.3, help="minimum segment score")
-    p.add_argument("--out", default="predictions")
+    p.add_argument("--threshold", type=unit_interval, default=0.3, help="minimum segment score, in [0, 1]")
+    p.add_argument("--out", type=writable_dir, default="predictions")
     s = sub.add_parser("preset", help="switch params.yaml to a preset")
     s.add_argument("name", choices=["toy", "paper"])
     s.add_argument("--params", default="params.yaml")
