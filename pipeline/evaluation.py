@@ -12,7 +12,7 @@ from tqdm import tqdm
 from models.classifier import FOVSeg
 from models.inference import oracle_class_probs, panoptic_inference, semantic_inference
 from pipeline.data.formats import bbox_of, write_json, write_label_map, write_panoptic_png
-from pipeline.data.loaders import BenchmarkDataset, iter_samples
+from pipeline.data.loaders import BenchmarkDataset, check_images_evaluated, iter_samples
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.transforms import eval_resize_shape
 from pipeline.metrics import PQStat, SemanticStat
@@ -79,6 +79,7 @@ def evaluate(model: FOVSeg | None, ds: BenchmarkDataset, text_embeds: torch.Tens
             pq.add(s.id_map, gt_segs, id_map.numpy(), segs)
             if pred_dir is not None:
                 annotations.append(_write_prediction(pred_dir, s.image_id, id_map.numpy(), segs, vocab))
+    check_images_evaluated(ds.bench.name, n_img, stats)  # zero images: an error, never PQ 0 with exit 0
     if pred_dir is not None:
         pred_dir.mkdir(parents=True, exist_ok=True)
     if pred_dir is not None and pq is not None:

@@ -70,7 +70,9 @@ def trained_weights_id(weights_id: str, checkpoint: str | Path, model_params: Mo
 
 def load_checkpoint_weights(model: FOVSeg, path: str | Path) -> dict:
     """Load a training checkpoint's model weights (weights_only); returns its metadata."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    from pipeline.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(path)  # weights_only; digest verified; damage -> CheckpointError naming the path
     model.load_state_dict(ckpt["model"], strict=True)
     return {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler")}
 

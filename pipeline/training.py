@@ -26,6 +26,7 @@ from tqdm import tqdm
 from models.classifier import FOVSeg
 from models.losses import IGNORE, assign_targets, mask_classification_loss
 from models.trainable import is_backbone_parameter
+from pipeline.checkpoints import load_or_set_aside, save_checkpoint
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.transforms import apply_joint, lsj_transform
@@ -139,10 +140,7 @@ def config_hash(config: dict) -> str:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    save_checkpoint(obj, path)  # atomic, with a content digest checked on load
 
 
 def _world() -> tuple[int, int]:
@@ -179,8 +177,8 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
     ckpt_path = out_dir / "last.pt"
     chash = config_hash(config)
     start, history, train_seconds = 0, [], 0.0
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = load_or_set_aside(ckpt_path)  # a damaged last.pt is renamed aside with a warning, never blocks
+    if ckpt is not None:
         if ckpt.get("config_hash") == chash:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])

@@ -8,6 +8,7 @@ import torch
 
 from models.text_cache import differentiable_text_embeddings
 from models.trainable import count_parameters
+from pipeline.checkpoints import save_checkpoint
 from pipeline.config import Params, to_dict
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
@@ -58,9 +59,7 @@ def main(args, params: Params) -> dict:
             sys.exit(1)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "model.pt.tmp"
-        torch.save({"model": model.state_dict(), "config": config, "params": counts}, tmp)
-        tmp.replace(out / "model.pt")
+        save_checkpoint({"model": model.state_dict(), "config": config, "params": counts}, out / "model.pt")
         history = result.pop("history")
         write_curve(history, Path(args.curve))
         last = history[-10:]
