@@ -189,8 +189,12 @@ def fetch_verified(url: str, dest: Path, sha256: str | None = None, lock: Downlo
     Returns the path and how it was verified (published checksum, trust on first use, unverified)."""
     dest = Path(dest)
     if dest.is_file():
-        if not sha256 or sha256_of(dest) == sha256:
+        try:
             return dest, _verify(dest, dest.name, url, sha256, lock, downloaded=False)
+        except DownloadError as exc:
+            if not sha256:
+                raise
+            log.warning("%s; downloading it again", exc)  # the published checksum says which bytes are right
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     _download_part(url, part, chunk, timeout)

@@ -221,3 +221,10 @@ def test_extraction_never_replaces_a_user_folder_by_a_file(tmp_path):
     with pytest.raises(DownloadError, match=r"d/x.*is a folder"):
         safe_extract(archive, root)
     assert (root / "d/x/keep.txt").read_text() == "keep"
+
+
+def test_existing_file_failing_its_published_checksum_is_downloaded_again(server, tmp_path):
+    srv = server()
+    (tmp_path / "f.zip").write_bytes(b"corrupt")
+    out = fetch(srv.url, tmp_path / "f.zip", hashlib.sha256(PAYLOAD).hexdigest())
+    assert out.read_bytes() == PAYLOAD
