@@ -63,8 +63,8 @@ def predict(args: argparse.Namespace) -> dict:
     image = read_image(args.image)
     gen_p, prop_p = params.backbones.generator, params.proposals
     gen_name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
-    generator = Mask2FormerGenerator(build_mask2former(gen_name), gen_p.image_size, prop_p.max_proposals,
-                                     prop_p.mask_threshold, prop_p.min_area, device)
+    generator = Mask2FormerGenerator(build_mask2former(gen_name), prop_p.short_side, prop_p.max_proposals,
+                                     prop_p.mask_threshold, prop_p.min_area, device, max_size=prop_p.max_side)
     model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, args.backbones, device)
     checkpoint = Path(args.checkpoint)
     if not args.zero_shot:

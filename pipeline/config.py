@@ -123,8 +123,12 @@ class ProposalsParams:
     mask_threshold: float = 0.5
     min_area: int = 16
     batch_size: int = 16
+    short_side: int = 96  # generator input: aspect-preserving resize (paper: Mask2Former's test 800 / 1333)
+    max_side: int = 160
 
     def validate(self, key: str) -> None:
+        _check(32 <= self.short_side <= self.max_side <= 4096, f"{key}.short_side",
+               "need 32 <= short_side <= max_side <= 4096")
         _check(1 <= self.max_proposals <= 1000, f"{key}.max_proposals", "must be in [1, 1000]")
         _check(0 < self.mask_threshold < 1, f"{key}.mask_threshold", "must be in (0, 1)")
         _check(self.min_area >= 0, f"{key}.min_area", "must be >= 0")
