@@ -106,8 +106,8 @@ def predict(args: argparse.Namespace) -> dict:
 
 def set_preset(args: argparse.Namespace) -> None:
     target = Path(args.params)
-    if args.name == "paper":
-        src = resources.files("pipeline") / "presets" / "paper.yaml"
+    if args.name != "toy":
+        src = resources.files("pipeline") / "presets" / f"{args.name}.yaml"
         if target.exists() and not (target.parent / "params.toy.yaml").exists():
             shutil.copy(target, target.parent / "params.toy.yaml")
         target.write_text(src.read_text())
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threshold", type=float, default=0.3, help="minimum segment score")
     p.add_argument("--out", default="predictions")
     s = sub.add_parser("preset", help="switch params.yaml to a preset")
-    s.add_argument("name", choices=["toy", "paper"])
+    s.add_argument("name", choices=["toy", "paper", "paper_coco_stuff"])
     s.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     try:

@@ -28,6 +28,7 @@ from models.losses import IGNORE, assign_targets, mask_classification_loss
 from models.trainable import is_backbone_parameter
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
+from pipeline.data.semantic import with_class_segments
 from pipeline.data.transforms import apply_joint, lsj_transform
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class TrainSet:
         return len(self.ds)
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        s = self.ds[index]
+        s = with_class_segments(self.ds[index], self.ds.vocab)  # semantic-only data: one segment per class
         gt_masks, gt_labels = s.segment_masks()
         parts = []
         if self.mask_source in ("proposals", "both"):
