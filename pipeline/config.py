@@ -160,6 +160,7 @@ class ModelParams:
     fiser: FiserParams = field(default_factory=FiserParams)
     trainable: str = "q"  # q, k, v, q+k, q+v, q+k+v, mlp, all, lora:<rank>
     tune_text: bool = False
+    tune_generator: bool = False  # Table IV(b): train the mask generator online (pipeline/generator_training.py)
     templates: tuple[str, ...] = ("a photo of a {}.", "a photo of the {}.", "there is a {} in the scene.")
 
     def validate(self, key: str) -> None:
