@@ -155,3 +155,43 @@ def test_two_process_ddp_keeps_generator_replicas_in_sync(toy_root, tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(toy_root), str(tmp_path)), nprocs=2, join=True)
     assert any(k.startswith(TUNER_NAME) for k in torch.load(tmp_path / "last.pt", weights_only=True)["model"])
+
+
+@pytest.mark.slow  # ~30 s: two stage mains on a loaded CPU
+def test_train_stage_with_tune_generator_then_proposals_from_the_tuned_generator(toy_root, tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    import stages.proposals as proposals_stage
+    import stages.train as train_stage
+    from stages.common import run
+
+    repo = Path(__file__).resolve().parents[2]
+    bb = tmp_path / "backbones"
+    bb.mkdir()
+    torch.manual_seed(0)
+    clip, _ = build_clip("fovseg-tiny", allow_random=True)
+    torch.save(clip.state_dict(), bb / "clip.pt")
+    build_mask2former("fovseg-tiny", 64, random_init=True).save_pretrained(bb / "mask2former")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["root"] = str(toy_root)
+    params["model"]["tune_generator"] = True
+    params["train"].update(iterations=2, batch_size=2, crop_size=64, checkpoint_every=2, mask_source="proposals")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # unreachable: tracking off, fast
+    # no proposal store exists: the tuned run classifies the generator's live proposals instead
+    metrics = run(train_stage.main, train_stage.build_parser(),
+                  ["--backbones", str(bb), "--proposals", "outputs/proposals/none"])
+    assert metrics["loss_generator"] > 0
+    saved = torch.load(tmp_path / "outputs/train/model.pt", weights_only=True)["model"]
+    assert not any(k.startswith(TUNER_NAME) for k in saved)
+    tuned = tmp_path / "outputs/train/mask2former"
+    assert (tuned / "config.json").is_file()
+    stats = run(proposals_stage.main, proposals_stage.build_parser(),
+                ["--benchmark", "toy_val", "--backbones", str(bb), "--generator", str(tuned), "--out", "props",
+                 "--metrics", "props.json"])
+    assert stats["images"] == 6
+    assert json.loads((tmp_path / "props/meta.json").read_text())["generator"] == str(tuned)
