@@ -122,3 +122,54 @@ def test_paper_coco_stuff_preset_is_the_paper_preset_trained_on_coco_stuff():
     assert same == paper, "the COCO-Stuff preset drifted from paper.yaml beyond data and tracking"
     raw = yaml.safe_load((REPO / "pipeline/presets/paper_coco_stuff.yaml").read_text())
     assert "coco_stuff" in raw["data"]["download"]
+
+
+def test_download_spec_fetches_extracts_and_prepares_from_a_loopback_server(tmp_path):
+    """The coco_stuff spec as shipped (archive names, extraction targets), URLs pointed at 127.0.0.1."""
+    import functools
+    import io
+    import threading
+    import zipfile
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline.data.download import fetch_dataset
+
+    def png(arr):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def jpg():
+        buf = io.BytesIO()
+        Image.fromarray(np.full((40, 56, 3), 128, np.uint8)).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    members = {  # the public archives' top-level layout: {train,val}2017/<stem>.{jpg,png}
+        "coco_train2017.zip": {"train2017/000000000001.jpg": jpg()},
+        "coco_val2017.zip": {"val2017/000000000002.jpg": jpg()},
+        "stuffthingmaps_trainval2017.zip": {"train2017/000000000001.png": png(_raw_map(40, 56, 0)),
+                                            "val2017/000000000002.png": png(_raw_map(40, 56, 1))},
+    }
+    served = tmp_path / "served"
+    served.mkdir()
+    for name, files in members.items():
+        with zipfile.ZipFile(served / name, "w") as zf:
+            for k, v in files.items():
+                zf.writestr(k, v)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        spec = DATASETS["coco_stuff"]
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        local = dataclasses.replace(spec, sources=tuple(dataclasses.replace(s, url=f"{url}/{s.file}")
+                                                        for s in spec.sources))
+        root = tmp_path / "root"
+        out = fetch_dataset(local, root, {})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert out["coco_stuff_val2017_maps"] == 1 and out["coco_stuff_train2017_maps"] == 1
+    s = BenchmarkDataset(get_benchmark("coco_stuff_val"), root)[0]
+    assert s.image_id == "000000000002" and set(np.unique(s.semantic).tolist()) == {0, 80, 170, 255}
