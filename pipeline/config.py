@@ -181,9 +181,10 @@ class ModelParams:
 class LossWeights:
     fiser: float = 1.0
     ce: float = 2.0
+    generator: float = 1.0  # Mask2Former's own loss sum, with model.tune_generator only
 
     def validate(self, key: str) -> None:
-        _check(self.fiser >= 0 and self.ce >= 0, key, "loss weights must be >= 0")
+        _check(self.fiser >= 0 and self.ce >= 0 and self.generator >= 0, key, "loss weights must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ def main(args, params: Params) -> dict:
                            batch_size=tp.batch_size, lr=tp.lr,
                            weight_decay=tp.weight_decay, backbone_lr_mult=tp.backbone_lr_mult,
                            warmup_iters=tp.warmup_iters, schedule=tp.schedule, checkpoint_every=tp.checkpoint_every,
-                           loss_weights={"fiser": tp.loss_weights.fiser, "ce": tp.loss_weights.ce}, amp=tp.amp,
+                           loss_weights={"fiser": tp.loss_weights.fiser, "ce": tp.loss_weights.ce,
+                                         "generator": tp.loss_weights.generator}, amp=tp.amp,
                            seed=params.seed, device=device, config=config, log_every=tp.log_every,
                            on_metrics=lambda row, step: t.log_metrics(row, step=step), generator_tuner=tuner)
         except (TrainingDiverged, TrainingInterrupted) as exc:
