@@ -88,8 +88,8 @@ def predict(args: argparse.Namespace) -> dict:
     image = read_image(args.image)
     gen_p, prop_p = params.backbones.generator, params.proposals
     gen_name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
-    generator = Mask2FormerGenerator(build_mask2former(gen_name), gen_p.image_size, prop_p.max_proposals,
-                                     prop_p.mask_threshold, prop_p.min_area, device)
+    generator = Mask2FormerGenerator(build_mask2former(gen_name), prop_p.short_side, prop_p.max_proposals,
+                                     prop_p.mask_threshold, prop_p.min_area, device, max_size=prop_p.max_side)
     model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, args.backbones, device)
     checkpoint = Path(args.checkpoint)
     if not args.zero_shot:
@@ -131,8 +131,8 @@ def predict(args: argparse.Namespace) -> dict:
 
 def set_preset(args: argparse.Namespace) -> None:
     target = Path(args.params)
-    if args.name == "paper":
-        src = resources.files("pipeline") / "presets" / "paper.yaml"
+    if args.name != "toy":
+        src = resources.files("pipeline") / "presets" / f"{args.name}.yaml"
         if target.exists() and not (target.parent / "params.toy.yaml").exists():
             shutil.copy(target, target.parent / "params.toy.yaml")
         target.write_text(src.read_text())
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threshold", type=unit_interval, default=0.3, help="minimum segment score, in [0, 1]")
     p.add_argument("--out", type=writable_dir, default="predictions")
     s = sub.add_parser("preset", help="switch params.yaml to a preset")
-    s.add_argument("name", choices=["toy", "paper"])
+    s.add_argument("name", choices=["toy", "paper", "paper_coco_stuff"])
     s.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     try:

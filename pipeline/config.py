@@ -154,8 +154,12 @@ class ProposalsParams:
     mask_threshold: float = 0.5
     min_area: int = 16
     batch_size: int = 16
+    short_side: int = 96  # generator input: aspect-preserving resize (paper: Mask2Former's test 800 / 1333)
+    max_side: int = 160
 
     def validate(self, key: str) -> None:
+        _check(32 <= self.short_side <= self.max_side <= 4096, f"{key}.short_side",
+               "need 32 <= short_side <= max_side <= 4096")
         _check(1 <= self.max_proposals <= 1000, f"{key}.max_proposals", "must be in [1, 1000]")
         _check(0 < self.mask_threshold < 1, f"{key}.mask_threshold", "must be in (0, 1)")
         _check(self.min_area >= 0, f"{key}.min_area", "must be >= 0")
@@ -187,6 +191,7 @@ class ModelParams:
     fiser: FiserParams = field(default_factory=FiserParams)
     trainable: str = "q"  # q, k, v, q+k, q+v, q+k+v, mlp, all, lora:<rank>
     tune_text: bool = False
+    tune_generator: bool = False  # Table IV(b): train the mask generator online (pipeline/generator_training.py)
     templates: tuple[str, ...] = ("a photo of a {}.", "a photo of the {}.", "there is a {} in the scene.")
 
     def validate(self, key: str) -> None:
@@ -208,9 +213,10 @@ class ModelParams:
 class LossWeights:
     fiser: float = 1.0
     ce: float = 2.0
+    generator: float = 1.0  # Mask2Former's own loss sum, with model.tune_generator only
 
     def validate(self, key: str) -> None:
-        _check(self.fiser >= 0 and self.ce >= 0, key, "loss weights must be >= 0")
+        _check(self.fiser >= 0 and self.ce >= 0 and self.generator >= 0, key, "loss weights must be >= 0")
 
 
 @dataclass(frozen=True)

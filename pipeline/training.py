@@ -29,6 +29,7 @@ from models.trainable import is_backbone_parameter
 from pipeline.checkpoints import load_or_set_aside, save_checkpoint
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
+from pipeline.data.semantic import with_class_segments
 from pipeline.data.transforms import apply_joint, lsj_transform
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class TrainSet:
         return len(self.ds)
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        s = self.ds[index]
+        s = with_class_segments(self.ds[index], self.ds.vocab)  # semantic-only data: one segment per class
         gt_masks, gt_labels = s.segment_masks()
         parts = []
         if self.mask_source in ("proposals", "both"):
@@ -160,11 +161,14 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
           warmup_iters: int, schedule: str, checkpoint_every: int, loss_weights: dict[str, float], amp: bool,
           seed: int, device: torch.device, config: dict, log_every: int = 10,
           on_metrics: Callable[[dict, int], None] | None = None,
-          on_step: Callable[[int], None] | None = None) -> dict:
+          on_step: Callable[[int], None] | None = None, generator_tuner=None) -> dict:
     """Train (or resume) into ``out_dir``; returns summary metrics. ``text_embeds()`` gives (C,E) embeddings
-    of the training vocabulary (cached, or recomputed with gradients when the text tower trains)."""
+    of the training vocabulary (cached, or recomputed with gradients when the text tower trains).
+    ``generator_tuner``: Table IV(b), the generator trains too (pipeline/generator_training.py)."""
     rank, world = _world()
     model.to(device).train()
+    if generator_tuner is not None:  # [tune-generator hook 1/4] optimiser, checkpoint and resume include it
+        generator_tuner.attach(model)
     ddp_model: torch.nn.Module = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -210,6 +214,8 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
             idx = batch_indices(step, batch_size, len(train_set), seed)[rank * per_rank:(rank + 1) * per_rank]
             batch = collate([train_set.load(i) for i in idx])
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                # [tune-generator hook 2/4] live proposals replace the cached ones; adds the "generator" loss
+                batch, gen_terms = generator_tuner(batch) if generator_tuner is not None else (batch, {})
                 text = text_embeds().to(device)
                 use_fiser = model.fiser is not None and loss_weights.get("fiser", 0) > 0
                 out = ddp_model(batch.images.to(device), batch.masks.to(device), text,
@@ -217,6 +223,7 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
                 terms = {"ce": mask_classification_loss(out["logits"].float(), batch.targets.to(device))}
                 if use_fiser:
                     terms["fiser"] = out["loss_fiser"]
+                terms.update(gen_terms)
                 loss = sum(loss_weights.get(k, 1.0) * v for k, v in terms.items())
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -225,6 +232,8 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
                     "Lower train.lr or check the inputs")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if generator_tuner is not None:  # [tune-generator hook 3/4] outside the classifier's DDP
+                generator_tuner.all_reduce_gradients()
             scaler.step(opt)
             scaler.update()
             sched.step()
@@ -248,6 +257,8 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if generator_tuner is not None:  # [tune-generator hook 4/4] the saved classifier is the classifier alone
+            generator_tuner.detach_from(model)
     its = (iterations - start) / train_seconds if train_seconds and iterations > start else 0.0
     return {"iterations": iterations, "resumed_from": start, "history": history, "train_seconds": train_seconds,
             "it_per_s": its}

@@ -20,14 +20,17 @@ def main(args, params: Params) -> dict:
     gen_p, prop_p = params.backbones.generator, params.proposals
     device = pick_device(params.device)
     name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
-    generator = Mask2FormerGenerator(build_mask2former(name), gen_p.image_size, prop_p.max_proposals,
-                                     prop_p.mask_threshold, prop_p.min_area, device)
+    if args.generator:  # e.g. the generator tuned by training (model.tune_generator, Table IV(b))
+        name = args.generator
+    generator = Mask2FormerGenerator(build_mask2former(name), prop_p.short_side, prop_p.max_proposals,
+                                     prop_p.mask_threshold, prop_p.min_area, device, max_size=prop_p.max_side)
     ds = BenchmarkDataset(get_benchmark(args.benchmark), dataset_root(params.data.root or None))
     t0 = time.perf_counter()
     counter: Counter = Counter()
     with ProposalWriter(args.out, meta={"generator": name, "benchmark": args.benchmark,
                                         **{k: getattr(prop_p, k) for k in ("max_proposals", "mask_threshold",
-                                                                           "min_area")}}) as writer:
+                                                                           "min_area", "short_side",
+                                                                           "max_side")}}) as writer:
         batch: list = []
         for s in tqdm(iter_samples(ds, stats=counter), total=len(ds), desc=f"proposals {args.benchmark}"):
             batch.append(s)
@@ -53,6 +56,8 @@ def build_parser():
     ap = parser(__doc__)
     ap.add_argument("--benchmark", required=True)
     ap.add_argument("--backbones", default="outputs/backbones")
+    ap.add_argument("--generator", default="", help="a saved Mask2Former directory overriding the params' one "
+                                                    "(the tuned generator of a tune_generator run)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--metrics", required=True)
     return ap

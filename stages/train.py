@@ -13,6 +13,7 @@ from pipeline.config import Params, to_dict
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
+from pipeline.generator_training import build_generator_tuner
 from pipeline.modeling import TEXT_CACHE_DIR, file_digest, prepare_classifier, vocabulary_embeddings
 from pipeline.runtime import init_seed_and_device, write_metrics
 from pipeline.training import TrainingDiverged, TrainingInterrupted, TrainSet, init_distributed, train, write_curve
@@ -25,9 +26,11 @@ def main(args, params: Params) -> dict:
     tp, mp = params.train, params.model
     model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, mp, args.backbones, device)
     ds = BenchmarkDataset(get_benchmark(params.data.train_benchmark), dataset_root(params.data.root or None))
-    store = ProposalStore(args.proposals) if tp.mask_source != "gt" else None
-    train_set = TrainSet(ds, store, tp.crop_size, tp.lsj_min_scale, tp.lsj_max_scale, tp.mask_source,
-                         tp.assign_iou, tp.max_masks)
+    # tune-generator hook: live proposals from the generator replace the store; the set yields gt segments
+    tuner = build_generator_tuner(params, args.backbones, len(ds.vocab)) if mp.tune_generator else None
+    store = ProposalStore(args.proposals) if tp.mask_source != "gt" and tuner is None else None
+    train_set = TrainSet(ds, store, tp.crop_size, tp.lsj_min_scale, tp.lsj_max_scale,
+                         "gt" if tuner is not None else tp.mask_source, tp.assign_iou, tp.max_masks)
     if mp.tune_text:
         syn = [c.synonyms for c in ds.vocab.classes]
 
@@ -51,15 +54,18 @@ def main(args, params: Params) -> dict:
                            batch_size=tp.batch_size, lr=tp.lr,
                            weight_decay=tp.weight_decay, backbone_lr_mult=tp.backbone_lr_mult,
                            warmup_iters=tp.warmup_iters, schedule=tp.schedule, checkpoint_every=tp.checkpoint_every,
-                           loss_weights={"fiser": tp.loss_weights.fiser, "ce": tp.loss_weights.ce}, amp=tp.amp,
+                           loss_weights={"fiser": tp.loss_weights.fiser, "ce": tp.loss_weights.ce,
+                                         "generator": tp.loss_weights.generator}, amp=tp.amp,
                            seed=params.seed, device=device, config=config, log_every=tp.log_every,
-                           on_metrics=lambda row, step: t.log_metrics(row, step=step))
+                           on_metrics=lambda row, step: t.log_metrics(row, step=step), generator_tuner=tuner)
         except (TrainingDiverged, TrainingInterrupted) as exc:
             log.error("%s", exc)
             sys.exit(1)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         save_checkpoint({"model": model.state_dict(), "config": config, "params": counts}, out / "model.pt")
+        if tuner is not None:  # tune-generator hook: proposals stage --generator <out>/mask2former
+            tuner.save(out / "mask2former")
         history = result.pop("history")
         write_curve(history, Path(args.curve))
         last = history[-10:]

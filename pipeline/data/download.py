@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from pipeline.data.coco_stuff import prepare_coco_stuff
 from pipeline.data.formats import DatasetError, read_json, write_json, write_label_map
 
 log = logging.getLogger(__name__)
@@ -477,6 +478,12 @@ DATASETS: dict[str, DatasetSpec] = {
         Source("https://images.cocodataset.org/annotations/panoptic_annotations_trainval2017.zip",
                "coco_panoptic_annotations_trainval2017.zip", "coco"),
     ), expected=("coco/val2017", "coco/annotations/panoptic_val2017.json"), prepare=prepare_coco),
+    "coco_stuff": DatasetSpec("coco_stuff", (  # Table III: COCO images + COCO-Stuff-164k stuffthingmaps
+        Source("http://images.cocodataset.org/zips/train2017.zip", "coco_train2017.zip", "coco"),
+        Source("http://images.cocodataset.org/zips/val2017.zip", "coco_val2017.zip", "coco"),
+        Source("http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip",
+               "stuffthingmaps_trainval2017.zip", "coco/stuffthingmaps"),
+    ), expected=("coco/val2017", "coco/stuffthingmaps/val2017"), prepare=prepare_coco_stuff),
     "ade20k": DatasetSpec("ade20k", (
         Source("https://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip", "ADEChallengeData2016.zip"),
         Source("http://sceneparsing.csail.mit.edu/data/ChallengeData2017/annotations_instance.tar",
