@@ -347,10 +347,11 @@ def bench_end_to_end(images: int, repeats: int, workers: int | None) -> dict:
 
         times = _alternate({"ours": run(ours_cmd), "reference": run(ref_cmd)}, repeats)
         a, b = json.loads(ours_json.read_text()), json.loads(ref_json.read_text())
+        impl = b.pop("implementation")
         same = all(abs(a[k] - b[k]) < 1e-9 for k in b)
-        print(_line("  fovseg evaluate (whole process)", times["ours"], 1, "ms total"))
-        print(_line(f"  reference single-core ({b.pop('implementation')}, process)", times["reference"], 1,
+        print(_line(f"  fovseg evaluate (whole process, {workers or os.cpu_count()} workers)", times["ours"], 1,
                     "ms total"))
+        print(_line(f"  reference single-core ({impl}, whole process)", times["reference"], 1, "ms total"))
         ratio = statistics.median(times["reference"]) / statistics.median(times["ours"])
         print(f"  speed-up {ratio:.2f}x; identical PQ/SQ/RQ all/things/stuff: {same} (PQ {a['PQ']:.4f})")
         return {"e2e_ratio": ratio, "e2e_identical": same}
