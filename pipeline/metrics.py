@@ -34,13 +34,18 @@ def _lut_dtype(n: int) -> type:
 def _runs(*maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start index and length of each run of equal values (in all ``maps`` at once) along the raveled maps."""
     flat = [m.reshape(-1) for m in maps]
-    change = flat[0][1:] != flat[0][:-1]
+    size = flat[0].size
+    if size == 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    change = np.empty(size, bool)
+    change[0] = True
+    np.not_equal(flat[0][1:], flat[0][:-1], out=change[1:])
     for f in flat[1:]:
-        change |= f[1:] != f[:-1]
+        change[1:] |= f[1:] != f[:-1]
     starts = np.flatnonzero(change)
-    starts += 1
-    starts = np.concatenate([[0], starts])
-    lengths = np.diff(starts, append=flat[0].size)
+    lengths = np.empty_like(starts)
+    np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
+    lengths[-1] = size - starts[-1]
     return starts, lengths
 
 
