@@ -9,8 +9,9 @@ the paper's Table II (ADE-150: 2.63 FPS, 10.2 GB; ADE-847: 2.42 FPS).
 Options: ``--precision bf16`` (autocast; fp32 default), ``--compile`` (torch.compile of the classifier),
 ``--tiny`` (a tiny CLIP and Mask2Former at 64 px: runs on CPU in seconds; the test uses it),
 ``--device cpu|cuda``. Attention is PyTorch's fused ``scaled_dot_product_attention`` for image tokens,
-mask tokens and TeVA's text attention (models/mask_encoder.py); flash / memory-efficient kernels are
-picked by PyTorch on CUDA. Per image: generator forward -> top-Q masks by objectness at the image's
+mask tokens and TeVA's text attention (models/mask_encoder.py); on CUDA PyTorch picks the kernel: flash
+for image tokens and TeVA (no mask), memory-efficient for mask tokens (flash takes no additive mask bias).
+Per image: generator forward -> top-Q masks by objectness at the image's
 resolution (kept on the device) -> classifier -> Mask2Former panoptic + semantic merging (the
 pipeline's merging runs on CPU, so masks and probabilities are copied back, as ``fovseg predict`` does).
 """
