@@ -3,6 +3,8 @@
 - ``fovseg predict IMAGE --classes "red circle, grass, sky"``: segment your own image with any vocabulary;
   writes ``<out>/<stem>_overlay.png`` and ``<out>/<stem>_segments.json``.
 - ``fovseg preset {toy,paper}``: switch params.yaml to a preset.
+- ``fovseg evaluate --gt_json_file ... --pred_json_file ...`` (panoptic) or ``--gt_folder --pred_folder --vocab``
+  (semantic): score a prediction folder, no model needed (see ``fovseg evaluate -h``).
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 
@@ -66,6 +67,8 @@ def writable_dir(text: str) -> str:
 
 
 def predict(args: argparse.Namespace) -> dict:
+    import torch
+
     from models.generators import Mask2FormerGenerator, build_mask2former
     from models.inference import panoptic_inference, semantic_inference
     from pipeline.config import load_params
@@ -145,6 +148,12 @@ def set_preset(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:  # dispatched before the heavy imports below: evaluate starts in a blink
+        from pipeline.score import main as evaluate_main
+
+        evaluate_main(argv[1:])
+        return
     from pipeline.runtime import setup_logging
 
     setup_logging()
@@ -161,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
     p.add_argument("--threshold", type=unit_interval, default=0.3, help="minimum segment score, in [0, 1]")
     p.add_argument("--out", type=writable_dir, default="predictions")
+    sub.add_parser("evaluate", help="score a prediction folder against ground truth (PQ or mIoU); "
+                                    "see `fovseg evaluate -h`", add_help=False)
     s = sub.add_parser("preset", help="switch params.yaml to a preset")
     s.add_argument("name", choices=["toy", "paper", "paper_coco_stuff"])
     s.add_argument("--params", default="params.yaml")
