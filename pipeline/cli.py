@@ -41,19 +41,12 @@ def _overlay(image: np.ndarray, id_map: np.ndarray, segments: list[dict], names:
 
 
 def predict(args: argparse.Namespace) -> dict:
-    from models.generators import Mask2FormerGenerator, build_mask2former
     from models.inference import panoptic_inference, semantic_inference
+    from pipeline.builder import build_classifier, build_generator, classify_image
     from pipeline.config import load_params
     from pipeline.data.formats import bbox_of, read_image
     from pipeline.data.vocab import vocabulary_from_names
-    from pipeline.evaluation import classifier_input_size
-    from pipeline.modeling import (
-        TEXT_CACHE_DIR,
-        load_checkpoint_weights,
-        prepare_classifier,
-        trained_weights_id,
-        vocabulary_embeddings,
-    )
+    from pipeline.errors import CheckpointError
     from pipeline.runtime import pick_device
 
     params = load_params(args.params)
@@ -61,29 +54,16 @@ def predict(args: argparse.Namespace) -> dict:
     stuff = {n.strip().lower() for n in (args.stuff or "").split(",") if n.strip()}
     vocab = vocabulary_from_names(args.classes.split(",") + [n for n in (args.stuff or "").split(",")], "predict")
     image = read_image(args.image)
-    gen_p, prop_p = params.backbones.generator, params.proposals
-    gen_name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
-    generator = Mask2FormerGenerator(build_mask2former(gen_name), gen_p.image_size, prop_p.max_proposals,
-                                     prop_p.mask_threshold, prop_p.min_area, device)
-    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, args.backbones, device)
-    checkpoint = Path(args.checkpoint)
-    if not args.zero_shot:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
-                                    "or use --zero-shot to classify with the pretrained CLIP alone")
-        load_checkpoint_weights(model, checkpoint)
-        weights_id = trained_weights_id(weights_id, checkpoint, params.model)
-    text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, TEXT_CACHE_DIR,
-                                 params.backbones.clip.model, weights_id, device)
+    generator = build_generator(params.backbones.generator, params.proposals, args.backbones, device)
+    checkpoint = None if args.zero_shot else Path(args.checkpoint)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
+                              "or use --zero-shot to classify with the pretrained CLIP alone")
+    ready = build_classifier(params.backbones.clip, params.model, args.backbones, device, checkpoint=checkpoint)
     props = generator([image])[0]
-    h, w = image.shape[:2]
     masks = torch.from_numpy(props.masks)
-    with torch.inference_mode():
-        size = classifier_input_size(h, w, params.evaluate.test_short_side, params.evaluate.test_max_side,
-                           model.visual.patch_size)
-        logits = model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), masks[None].to(device),
-                              text, size=size)["logits"][0]
-    probs = logits.float().softmax(-1).cpu()
+    probs = classify_image(ready, image, masks, ready.text_embeddings(vocab),
+                           (params.evaluate.test_short_side, params.evaluate.test_max_side))
     obj = torch.from_numpy(props.scores)
     is_thing = torch.tensor([name.lower() not in stuff for name in vocab.names])  # stuff classes merge
     id_map, segs = panoptic_inference(probs, masks.float(), obj, is_thing, args.threshold,
@@ -120,6 +100,7 @@ def set_preset(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pipeline.errors import FovsegError
     from pipeline.runtime import setup_logging
 
     setup_logging()
@@ -145,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             predict(args)
         else:
             set_preset(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FovsegError, FileNotFoundError) as exc:
         print(f"fovseg: error: {exc}", file=sys.stderr)
         sys.exit(1)
 

@@ -14,9 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ParamsError(ValueError):
-    """A params file has an unknown key, a wrong type or an out-of-range value."""
+from pipeline.errors import ParamsError  # noqa: F401  (re-exported)
 
 
 def _check(cond: bool, key: str, msg: str) -> None:

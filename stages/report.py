@@ -17,8 +17,8 @@ def main(args, params: Params) -> dict:
 
 def build_parser():
     ap = parser(__doc__)
-    ap.add_argument("--metrics", default="metrics")
-    ap.add_argument("--out", default="reports")
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--out", required=True)
     return ap
 
 

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-
-class VocabularyError(ValueError):
-    """A vocabulary is empty, has duplicate names or cannot be read."""
+from pipeline.errors import VocabularyError  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ class Vocabulary:
 
 
 def vocabulary_from_records(name: str, records: list[dict]) -> Vocabulary:
-    """Build from the json records of ``pipeline/vocab/*.json`` (see ../shared/vocab/README.md)."""
+    """Build from the json records of ``pipeline/vocab/*.json`` (name, id, isthing, synonyms, color)."""
     classes = []
     for i, r in enumerate(records):
         if "name" not in r:

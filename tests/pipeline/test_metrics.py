@@ -82,7 +82,7 @@ def test_semantic_metrics_known_case():
 
 
 def test_coco_sample_ground_truth_against_itself(coco_root):
-    """The shared COCO sample scored against its own ground truth gives PQ 100 and mIoU 100."""
+    """The COCO sample fixture scored against its own ground truth gives PQ 100 and mIoU 100."""
     import torch
 
     ds = BenchmarkDataset(get_benchmark("coco_panoptic_val"), coco_root)
