@@ -44,7 +44,7 @@ from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
 from pipeline.data.transforms import apply_joint, lsj_transform
-from pipeline.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
+from pipeline.errors import CheckpointError, TrainingDiverged, TrainingInterrupted  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
