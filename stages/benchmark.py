@@ -46,13 +46,7 @@ def main(args, params: Params) -> dict:
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--backbones", required=True)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--train-metrics", required=True)
-    ap.add_argument("--proposals-root", required=True, help="holds one proposal store per benchmark")
-    ap.add_argument("--metrics", required=True)
-    return ap
+    return parser(__doc__, "backbones", "checkpoint", "train-metrics", "proposals-root", "metrics")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,13 @@ from pipeline.tracking import Tracker
 log = logging.getLogger("fovseg")
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, *required: str) -> argparse.ArgumentParser:
+    """A stage's parser: ``--params`` plus one required ``--<name>`` per ``required`` path argument (dvc.yaml
+    passes every path; no defaults repeat it)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    for name in required:
+        ap.add_argument(f"--{name}", required=True)
     return ap
 
 

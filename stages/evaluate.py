@@ -24,14 +24,7 @@ def main(args, params: Params) -> dict:
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--benchmark", required=True)
-    ap.add_argument("--backbones", required=True)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--proposals", required=True)
-    ap.add_argument("--predictions", required=True)
-    ap.add_argument("--metrics", required=True)
-    return ap
+    return parser(__doc__, "benchmark", "backbones", "checkpoint", "proposals", "predictions", "metrics")
 
 
 if __name__ == "__main__":

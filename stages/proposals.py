@@ -49,12 +49,7 @@ def _flush(generator: Mask2FormerGenerator, batch: list, writer: ProposalWriter)
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--benchmark", required=True)
-    ap.add_argument("--backbones", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--metrics", required=True)
-    return ap
+    return parser(__doc__, "benchmark", "backbones", "out", "metrics")
 
 
 if __name__ == "__main__":

@@ -22,14 +22,7 @@ def main(args, params: Params) -> dict:
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--backbones", required=True)
-    ap.add_argument("--proposals", required=True)
-    ap.add_argument("--checkpoints", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--metrics", required=True)
-    ap.add_argument("--curve", required=True)
-    return ap
+    return parser(__doc__, "backbones", "proposals", "checkpoints", "out", "metrics", "curve")
 
 
 if __name__ == "__main__":
