@@ -51,6 +51,7 @@ def predict(args: argparse.Namespace) -> dict:
 
     params = load_params(args.params)
     device = pick_device(params.device)
+    _default_paths_from_dvc_yaml(args)
     stuff = {n.strip().lower() for n in (args.stuff or "").split(",") if n.strip()}
     vocab = vocabulary_from_names(args.classes.split(",") + [n for n in (args.stuff or "").split(",")], "predict")
     image = read_image(args.image)
@@ -84,6 +85,22 @@ def predict(args: argparse.Namespace) -> dict:
     return result
 
 
+def _default_paths_from_dvc_yaml(args: argparse.Namespace) -> None:
+    """``--backbones`` / ``--checkpoint`` default to where dvc.yaml (in the current folder) puts them."""
+    from pipeline.dvcfile import stage_argument
+    from pipeline.errors import FovsegError
+
+    if args.backbones is not None and (args.checkpoint is not None or args.zero_shot):
+        return
+    if not Path("dvc.yaml").is_file():
+        raise FovsegError("no dvc.yaml here to find the pipeline's outputs: run from the repository root or pass "
+                          "--backbones and --checkpoint")
+    if args.backbones is None:
+        args.backbones = stage_argument("dvc.yaml", "backbones", "--out")
+    if args.checkpoint is None:
+        args.checkpoint = str(Path(stage_argument("dvc.yaml", "train", "--out")) / "model.pt")
+
+
 def set_preset(args: argparse.Namespace) -> None:
     target = Path(args.params)
     if args.name == "paper":
@@ -112,8 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stuff", default="", help='comma-separated amorphous classes whose regions merge into one '
                                                'segment, e.g. "grass, sky"')
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--backbones", default="outputs/backbones")
-    p.add_argument("--checkpoint", default="outputs/train/model.pt")
+    p.add_argument("--backbones", default=None, help="default: the backbones stage's --out in ./dvc.yaml")
+    p.add_argument("--checkpoint", default=None, help="default: model.pt in the train stage's --out in ./dvc.yaml")
     p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
     p.add_argument("--threshold", type=float, default=0.3, help="minimum segment score")
     p.add_argument("--out", default="predictions")

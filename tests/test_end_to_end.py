@@ -7,7 +7,8 @@ import json
 
 import pytest
 import yaml
-from dvc_stages import REPO, command, stages
+
+from pipeline.dvcfile import REPO, command, stages
 
 pytestmark = pytest.mark.slow
 PIPELINE = ("download", "backbones", "proposals-train", "proposals", "train", "evaluate", "benchmark", "report")

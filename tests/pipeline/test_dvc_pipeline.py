@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvc_stages import REPO, command, paths, stages
+
+from pipeline.dvcfile import REPO, command, paths, stages
 
 DVC = [sys.executable, "-m", "dvc"]
 PROJECT = ("models", "pipeline", "stages")
@@ -149,3 +150,20 @@ def test_training_knob_reruns_only_downstream_stages(tmp_path):
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "benchmark", "report", *(f"evaluate@{b}" for b in benches)}, ran
     assert not {"download", "backbones", "proposals-train"} & ran and not any(s.startswith("proposals@") for s in ran)
+
+
+def test_fovseg_predict_finds_the_pipeline_outputs_through_dvc_yaml(tmp_path, monkeypatch):
+    import argparse
+
+    from pipeline.cli import _default_paths_from_dvc_yaml
+    from pipeline.dvcfile import stage_argument
+    from pipeline.errors import FovsegError
+
+    args = argparse.Namespace(backbones=None, checkpoint=None, zero_shot=False)
+    monkeypatch.chdir(REPO)
+    _default_paths_from_dvc_yaml(args)
+    assert args.backbones == stage_argument(REPO / "dvc.yaml", "backbones", "--out")
+    assert args.checkpoint == f"{stage_argument(REPO / 'dvc.yaml', 'train', '--out')}/model.pt"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FovsegError, match="no dvc.yaml here.*pass --backbones and --checkpoint"):
+        _default_paths_from_dvc_yaml(argparse.Namespace(backbones=None, checkpoint=None, zero_shot=False))

@@ -2,11 +2,11 @@
 import logging
 
 import pytest
-from dvc_stages import REPO
 from PIL import Image
 
 from models.errors import FovsegError as ModelsFovsegError
 from pipeline import errors
+from pipeline.dvcfile import REPO
 from stages.common import parser, run
 
 KNOWN = [errors.ParamsError, errors.DatasetError, errors.DownloadError, errors.WeightsUnavailableError,

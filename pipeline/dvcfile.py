@@ -1,5 +1,5 @@
-"""dvc.yaml as the tests see it: stages with ``foreach`` expanded and ``${...}`` resolved from params, so
-tests run and check the stages with the paths dvc.yaml gives them instead of retyping them."""
+"""dvc.yaml read back: stages with ``foreach`` expanded and ``${...}`` resolved from params, so the tests and
+the ``fovseg`` console script use the paths dvc.yaml gives the stages instead of retyping them."""
 from __future__ import annotations
 
 import re
@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the source checkout
 _VAR = re.compile(r"\$\{([^}]+)\}")
 
 
@@ -49,8 +49,18 @@ def stages(params: dict, dvc_yaml: Path = REPO / "dvc.yaml") -> dict[str, dict]:
 def command(stage: dict) -> tuple[str, list[str]]:
     """(module, argv) of a ``python -m <module> <args>`` stage command."""
     argv = shlex.split(stage["cmd"])
-    assert argv[:2] == ["python", "-m"], f"stage command is not `python -m ...`: {stage['cmd']}"
+    if argv[:2] != ["python", "-m"]:
+        raise ValueError(f"stage command is not `python -m ...`: {stage['cmd']}")
     return argv[2], argv[3:]
+
+
+def stage_argument(dvc_yaml: str | Path, stage: str, flag: str) -> str:
+    """The value dvc.yaml passes to ``stage`` for ``flag`` (e.g. ``("train", "--out")``), params from the
+    params.yaml beside it."""
+    dvc_yaml = Path(dvc_yaml)
+    params = yaml.safe_load((dvc_yaml.parent / "params.yaml").read_text())
+    _, argv = command(stages(params, dvc_yaml)[stage])
+    return argv[argv.index(flag) + 1]
 
 
 def paths(entries: list) -> list[str]:
