@@ -402,7 +402,8 @@ def run_training(*, data: DataParams, clip: ClipParams, model: ModelParams, trai
     recipe.setup()
     result = recipe.train(on_metrics=on_metrics)
     recipe.save_model(Path(out_dir) / "model.pt", {"params": counts})
-    write_curve(result["history"], Path(curve_path))
+    if recipe.rank == 0:
+        write_curve(result["history"], Path(curve_path))
     return summary_metrics(result, counts, device)
 
 

@@ -1,4 +1,5 @@
-"""Stage `train`: FOV-Seg training on the seen split (resumes from its last checkpoint if one matches)."""
+"""Stage `train`: FOV-Seg training on the seen split. Resumes its last checkpoint; a checkpoint trained with
+settings that change the result stops the stage with the keys that differ (see pipeline.training)."""
 from __future__ import annotations
 
 from pipeline.config import Params
