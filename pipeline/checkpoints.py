@@ -18,14 +18,11 @@ from typing import Any
 
 import torch
 
-from pipeline.data.formats import DatasetError, atomic_path
+from pipeline.data.formats import atomic_path
+from pipeline.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 DIGEST_KEY = "sha256"
-
-
-class CheckpointError(DatasetError):
-    """A checkpoint file is truncated, corrupt or fails its digest; the message names it and what to do."""
 
 
 def content_digest(obj: Any) -> str:

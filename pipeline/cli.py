@@ -69,49 +69,30 @@ def writable_dir(text: str) -> str:
 def predict(args: argparse.Namespace) -> dict:
     import torch
 
-    from models.generators import Mask2FormerGenerator, build_mask2former
     from models.inference import panoptic_inference, semantic_inference
+    from pipeline.builder import build_classifier, build_generator, classify_image
     from pipeline.config import load_params
     from pipeline.data.formats import bbox_of, read_image
     from pipeline.data.vocab import vocabulary_from_names
-    from pipeline.evaluation import classifier_input_size
-    from pipeline.modeling import (
-        TEXT_CACHE_DIR,
-        load_checkpoint_weights,
-        prepare_classifier,
-        trained_weights_id,
-        vocabulary_embeddings,
-    )
+    from pipeline.errors import CheckpointError
     from pipeline.runtime import pick_device
 
     params = load_params(args.params)
     device = pick_device(params.device)
+    _default_paths_from_dvc_yaml(args)
     stuff = {n.strip().lower() for n in (args.stuff or "").split(",") if n.strip()}
     vocab = vocabulary_from_names(args.classes.split(",") + [n for n in (args.stuff or "").split(",")], "predict")
     image = read_image(args.image)
-    gen_p, prop_p = params.backbones.generator, params.proposals
-    gen_name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
-    generator = Mask2FormerGenerator(build_mask2former(gen_name), prop_p.short_side, prop_p.max_proposals,
-                                     prop_p.mask_threshold, prop_p.min_area, device, max_size=prop_p.max_side)
-    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, args.backbones, device)
-    checkpoint = Path(args.checkpoint)
-    if not args.zero_shot:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
-                                    "or use --zero-shot to classify with the pretrained CLIP alone")
-        load_checkpoint_weights(model, checkpoint)
-        weights_id = trained_weights_id(weights_id, checkpoint, params.model)
-    text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, TEXT_CACHE_DIR,
-                                 params.backbones.clip.model, weights_id, device)
+    generator = build_generator(params.backbones.generator, params.proposals, args.backbones, device)
+    checkpoint = None if args.zero_shot else Path(args.checkpoint)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
+                              "or use --zero-shot to classify with the pretrained CLIP alone")
+    ready = build_classifier(params.backbones.clip, params.model, args.backbones, device, checkpoint=checkpoint)
     props = generator([image])[0]
-    h, w = image.shape[:2]
     masks = torch.from_numpy(props.masks)
-    with torch.inference_mode():
-        size = classifier_input_size(h, w, params.evaluate.test_short_side, params.evaluate.test_max_side,
-                           model.visual.patch_size)
-        logits = model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), masks[None].to(device),
-                              text, size=size)["logits"][0]
-    probs = logits.float().softmax(-1).cpu()
+    probs = classify_image(ready, image, masks, ready.text_embeddings(vocab),
+                           (params.evaluate.test_short_side, params.evaluate.test_max_side))
     obj = torch.from_numpy(props.scores)
     is_thing = torch.tensor([name.lower() not in stuff for name in vocab.names])  # stuff classes merge
     id_map, segs = panoptic_inference(probs, masks.float(), obj, is_thing, args.threshold,
@@ -130,6 +111,22 @@ def predict(args: argparse.Namespace) -> dict:
     (out_dir / f"{stem}_segments.json").write_text(json.dumps(result, indent=2))
     print(f"{len(segs)} segments -> {out_dir / f'{stem}_overlay.png'}, {out_dir / f'{stem}_segments.json'}")
     return result
+
+
+def _default_paths_from_dvc_yaml(args: argparse.Namespace) -> None:
+    """``--backbones`` / ``--checkpoint`` default to where dvc.yaml (in the current folder) puts them."""
+    from pipeline.dvcfile import stage_argument
+    from pipeline.errors import FovsegError
+
+    if args.backbones is not None and (args.checkpoint is not None or args.zero_shot):
+        return
+    if not Path("dvc.yaml").is_file():
+        raise FovsegError("no dvc.yaml here to find the pipeline's outputs: run from the repository root or pass "
+                          "--backbones and --checkpoint")
+    if args.backbones is None:
+        args.backbones = stage_argument("dvc.yaml", "backbones", "--out")
+    if args.checkpoint is None:
+        args.checkpoint = str(Path(stage_argument("dvc.yaml", "train", "--out")) / "model.pt")
 
 
 def set_preset(args: argparse.Namespace) -> None:
@@ -154,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
 
         evaluate_main(argv[1:])
         return
+    from pipeline.errors import FovsegError
     from pipeline.runtime import setup_logging
 
     setup_logging()
@@ -165,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stuff", default="", help='comma-separated amorphous classes whose regions merge into one '
                                                'segment, e.g. "grass, sky"')
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--backbones", default="outputs/backbones")
-    p.add_argument("--checkpoint", default="outputs/train/model.pt")
+    p.add_argument("--backbones", default=None, help="default: the backbones stage's --out in ./dvc.yaml")
+    p.add_argument("--checkpoint", default=None, help="default: model.pt in the train stage's --out in ./dvc.yaml")
     p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
     p.add_argument("--threshold", type=unit_interval, default=0.3, help="minimum segment score, in [0, 1]")
     p.add_argument("--out", type=writable_dir, default="predictions")
@@ -181,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             predict(args)
         else:
             set_preset(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FovsegError, FileNotFoundError) as exc:
         print(f"fovseg: error: {exc}", file=sys.stderr)
         sys.exit(1)
 

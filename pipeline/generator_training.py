@@ -139,9 +139,11 @@ def _with_masks(batch, items: list[tuple[torch.Tensor, torch.Tensor]]):
     return dataclasses.replace(batch, masks=masks, targets=targets)
 
 
-def build_generator_tuner(params, backbones_dir: str | Path, num_train_classes: int) -> GeneratorTuner:
-    """The tuner for ``params`` (pipeline.config.Params): the same generator the proposals stage uses."""
-    gen_p, prop_p, tp = params.backbones.generator, params.proposals, params.train
+def build_generator_tuner(generator_params, proposal_params, train_params, backbones_dir: str | Path,
+                          num_train_classes: int) -> GeneratorTuner:
+    """The tuner built from the ``backbones.generator``, ``proposals`` and ``train`` sections: the same
+    generator the proposals stage uses."""
+    gen_p, prop_p, tp = generator_params, proposal_params, train_params
     name = gen_p.name if gen_p.source == "hub" else str(Path(backbones_dir) / "mask2former")
     return GeneratorTuner(build_mask2former(name), num_train_classes, mask_threshold=prop_p.mask_threshold,
                           min_area=prop_p.min_area, max_proposals=prop_p.max_proposals, max_masks=tp.max_masks,

@@ -16,9 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-
-class DatasetError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent; the message names the file."""
+from pipeline.errors import DatasetError  # noqa: F401  (re-exported)
 
 
 def default_file_mode() -> int:

@@ -6,6 +6,7 @@ import torch
 
 from pipeline.checkpoints import CheckpointError, load_checkpoint, load_or_set_aside, save_checkpoint
 from pipeline.data.formats import DatasetError
+from tests.conftest import run_recipe
 
 
 def _state() -> dict:
@@ -59,16 +60,16 @@ def test_corrupt_resume_checkpoint_is_set_aside_not_blocking(tmp_path, caplog):
     assert len(aside) == 1 and "set aside" in caplog.text and str(aside[0]) in caplog.text
 
 
-def test_model_loader_hook_reports_the_path(tmp_path):
-    from pipeline.modeling import load_checkpoint_weights
+def test_builder_checkpoint_reader_verifies_and_reports_the_path(tmp_path):
+    from pipeline.builder import read_checkpoint
 
     model = torch.nn.Linear(2, 2)
     path = tmp_path / "model.pt"
     save_checkpoint({"model": model.state_dict()}, path)
-    load_checkpoint_weights(copy.deepcopy(model), path)
+    copy.deepcopy(model).load_state_dict(read_checkpoint(path)["model"])
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(CheckpointError, match=str(path)):
-        load_checkpoint_weights(model, path)
+        read_checkpoint(path)
 
 
 def test_training_hook_sets_a_truncated_last_checkpoint_aside(tmp_path, toy_root):
@@ -81,7 +82,7 @@ def test_training_hook_sets_a_truncated_last_checkpoint_aside(tmp_path, toy_root
     from models.trainable import select_trainable
     from pipeline.data.loaders import BenchmarkDataset
     from pipeline.data.registry import get_benchmark
-    from pipeline.training import TrainSet, train
+    from pipeline.training import TrainSet
 
     torch.manual_seed(0)
     clip, _ = build_clip("fovseg-tiny", allow_random=True)
@@ -91,7 +92,7 @@ def test_training_hook_sets_a_truncated_last_checkpoint_aside(tmp_path, toy_root
     ts = TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 12)
     emb = F.normalize(torch.randn(len(ds.vocab), model.embed_dim), dim=-1)
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 truncated")
-    out = train(model, ts, lambda: emb, out_dir=tmp_path, iterations=2, batch_size=2, lr=1e-3, weight_decay=0.05,
+    out = run_recipe(model, ts, lambda: emb, out_dir=tmp_path, iterations=2, batch_size=2, lr=1e-3, weight_decay=0.05,
                 backbone_lr_mult=0.1, warmup_iters=0, schedule="poly", checkpoint_every=2,
                 loss_weights={"ce": 2.0, "fiser": 1.0}, amp=False, seed=0, device=torch.device("cpu"),
                 config={"test": 1})

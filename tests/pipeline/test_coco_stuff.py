@@ -20,7 +20,8 @@ from pipeline.data.formats import DatasetError, read_label_map
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import get_benchmark
 from pipeline.data.semantic import with_class_segments
-from pipeline.training import TrainSet, train
+from pipeline.training import TrainSet
+from tests.conftest import run_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +106,7 @@ def test_training_smoke_on_semantic_only_data(stuff_root, tmp_path):
     select_trainable(model, "q")
     text = F.normalize(torch.randn(len(ds.vocab), model.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = train(model, ts, lambda: text, out_dir=tmp_path / "ck", iterations=2, batch_size=2, lr=1e-3,
+    out = run_recipe(model, ts, lambda: text, out_dir=tmp_path / "ck", iterations=2, batch_size=2, lr=1e-3,
                 weight_decay=0.05, backbone_lr_mult=0.1, warmup_iters=0, schedule="constant", checkpoint_every=2,
                 loss_weights={"ce": 2.0, "fiser": 1.0}, amp=False, seed=0, device=torch.device("cpu"),
                 config={"t": 1})

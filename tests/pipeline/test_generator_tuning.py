@@ -15,7 +15,8 @@ from models.trainable import select_trainable
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import get_benchmark
 from pipeline.generator_training import TUNER_NAME, GeneratorTuner
-from pipeline.training import TrainSet, collate, train
+from pipeline.training import TrainSet, collate
+from tests.conftest import run_recipe
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def _tuner(m2f, ds, **kw) -> GeneratorTuner:
 
 def _train(model, ds, text, out_dir, tuner=None, iterations=3):
     ts = TrainSet(ds, None, 64, 0.8, 1.2, "gt", 0.3, 12)
-    return train(model, ts, lambda: text, out_dir=out_dir, iterations=iterations, batch_size=2, lr=1e-3,
+    return run_recipe(model, ts, lambda: text, out_dir=out_dir, iterations=iterations, batch_size=2, lr=1e-3,
                  weight_decay=0.05, backbone_lr_mult=1.0, warmup_iters=0, schedule="constant", checkpoint_every=10,
                  loss_weights={"ce": 2.0, "fiser": 1.0}, amp=False, seed=0, device=torch.device("cpu"),
                  config={"t": 1}, generator_tuner=tuner)
@@ -133,7 +134,7 @@ def _ddp_worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -
     tuner = GeneratorTuner(build_mask2former("fovseg-tiny", 64, random_init=True), len(ds.vocab), max_proposals=4,
                            max_masks=8)
     text = F.normalize(torch.randn(len(ds.vocab), model.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
-    train(model, TrainSet(ds, None, 64, 0.8, 1.2, "gt", 0.3, 8), lambda: text, out_dir=Path(out_dir), iterations=2,
+    run_recipe(model, TrainSet(ds, None, 64, 0.8, 1.2, "gt", 0.3, 8), lambda: text, out_dir=Path(out_dir), iterations=2,
           batch_size=4, lr=1e-3, weight_decay=0.05, backbone_lr_mult=1.0, warmup_iters=0, schedule="constant",
           checkpoint_every=2, loss_weights={"ce": 2.0, "fiser": 1.0}, amp=False, seed=0, device=torch.device("cpu"),
           config={}, generator_tuner=tuner)
