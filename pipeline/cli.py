@@ -3,6 +3,8 @@
 - ``fovseg predict IMAGE --classes "red circle, grass, sky"``: segment your own image with any vocabulary;
   writes ``<out>/<stem>_overlay.png`` and ``<out>/<stem>_segments.json``.
 - ``fovseg preset {toy,paper}``: switch params.yaml to a preset.
+- ``fovseg evaluate --gt_json_file ... --pred_json_file ...`` (panoptic) or ``--gt_folder --pred_folder --vocab``
+  (semantic): score a prediction folder, no model needed (see ``fovseg evaluate -h``).
 """
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 
@@ -40,50 +42,57 @@ def _overlay(image: np.ndarray, id_map: np.ndarray, segments: list[dict], names:
     return pil
 
 
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def writable_dir(text: str) -> str:
+    """argparse type: a folder we can create and write into, checked before any model is built."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write to {path} ({exc.strerror or exc}); choose another "
+                                         "folder") from None
+    return text
+
+
 def predict(args: argparse.Namespace) -> dict:
-    from models.generators import Mask2FormerGenerator, build_mask2former
+    import torch
+
     from models.inference import panoptic_inference, semantic_inference
+    from pipeline.builder import build_classifier, build_generator, classify_image
     from pipeline.config import load_params
     from pipeline.data.formats import bbox_of, read_image
     from pipeline.data.vocab import vocabulary_from_names
-    from pipeline.evaluation import classifier_input_size
-    from pipeline.modeling import (
-        TEXT_CACHE_DIR,
-        load_checkpoint_weights,
-        prepare_classifier,
-        trained_weights_id,
-        vocabulary_embeddings,
-    )
+    from pipeline.errors import CheckpointError
     from pipeline.runtime import pick_device
 
     params = load_params(args.params)
     device = pick_device(params.device)
+    _default_paths_from_dvc_yaml(args)
     stuff = {n.strip().lower() for n in (args.stuff or "").split(",") if n.strip()}
     vocab = vocabulary_from_names(args.classes.split(",") + [n for n in (args.stuff or "").split(",")], "predict")
     image = read_image(args.image)
-    gen_p, prop_p = params.backbones.generator, params.proposals
-    gen_name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
-    generator = Mask2FormerGenerator(build_mask2former(gen_name), gen_p.image_size, prop_p.max_proposals,
-                                     prop_p.mask_threshold, prop_p.min_area, device)
-    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, args.backbones, device)
-    checkpoint = Path(args.checkpoint)
-    if not args.zero_shot:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
-                                    "or use --zero-shot to classify with the pretrained CLIP alone")
-        load_checkpoint_weights(model, checkpoint)
-        weights_id = trained_weights_id(weights_id, checkpoint, params.model)
-    text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, TEXT_CACHE_DIR,
-                                 params.backbones.clip.model, weights_id, device)
+    generator = build_generator(params.backbones.generator, params.proposals, args.backbones, device)
+    checkpoint = None if args.zero_shot else Path(args.checkpoint)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
+                              "or use --zero-shot to classify with the pretrained CLIP alone")
+    ready = build_classifier(params.backbones.clip, params.model, args.backbones, device, checkpoint=checkpoint)
     props = generator([image])[0]
-    h, w = image.shape[:2]
     masks = torch.from_numpy(props.masks)
-    with torch.inference_mode():
-        size = classifier_input_size(h, w, params.evaluate.test_short_side, params.evaluate.test_max_side,
-                           model.visual.patch_size)
-        logits = model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), masks[None].to(device),
-                              text, size=size)["logits"][0]
-    probs = logits.float().softmax(-1).cpu()
+    probs = classify_image(ready, image, masks, ready.text_embeddings(vocab),
+                           (params.evaluate.test_short_side, params.evaluate.test_max_side))
     obj = torch.from_numpy(props.scores)
     is_thing = torch.tensor([name.lower() not in stuff for name in vocab.names])  # stuff classes merge
     id_map, segs = panoptic_inference(probs, masks.float(), obj, is_thing, args.threshold,
@@ -104,10 +113,26 @@ def predict(args: argparse.Namespace) -> dict:
     return result
 
 
+def _default_paths_from_dvc_yaml(args: argparse.Namespace) -> None:
+    """``--backbones`` / ``--checkpoint`` default to where dvc.yaml (in the current folder) puts them."""
+    from pipeline.dvcfile import stage_argument
+    from pipeline.errors import FovsegError
+
+    if args.backbones is not None and (args.checkpoint is not None or args.zero_shot):
+        return
+    if not Path("dvc.yaml").is_file():
+        raise FovsegError("no dvc.yaml here to find the pipeline's outputs: run from the repository root or pass "
+                          "--backbones and --checkpoint")
+    if args.backbones is None:
+        args.backbones = stage_argument("dvc.yaml", "backbones", "--out")
+    if args.checkpoint is None:
+        args.checkpoint = str(Path(stage_argument("dvc.yaml", "train", "--out")) / "model.pt")
+
+
 def set_preset(args: argparse.Namespace) -> None:
     target = Path(args.params)
-    if args.name == "paper":
-        src = resources.files("pipeline") / "presets" / "paper.yaml"
+    if args.name != "toy":
+        src = resources.files("pipeline") / "presets" / f"{args.name}.yaml"
         if target.exists() and not (target.parent / "params.toy.yaml").exists():
             shutil.copy(target, target.parent / "params.toy.yaml")
         target.write_text(src.read_text())
@@ -120,6 +145,13 @@ def set_preset(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:  # dispatched before the heavy imports below: evaluate starts in a blink
+        from pipeline.score import main as evaluate_main
+
+        evaluate_main(argv[1:])
+        return
+    from pipeline.errors import FovsegError
     from pipeline.runtime import setup_logging
 
     setup_logging()
@@ -131,13 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stuff", default="", help='comma-separated amorphous classes whose regions merge into one '
                                                'segment, e.g. "grass, sky"')
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--backbones", default="outputs/backbones")
-    p.add_argument("--checkpoint", default="outputs/train/model.pt")
+    p.add_argument("--backbones", default=None, help="default: the backbones stage's --out in ./dvc.yaml")
+    p.add_argument("--checkpoint", default=None, help="default: model.pt in the train stage's --out in ./dvc.yaml")
     p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
-    p.add_argument("--threshold", type=float, default=0.3, help="minimum segment score")
-    p.add_argument("--out", default="predictions")
+    p.add_argument("--threshold", type=unit_interval, default=0.3, help="minimum segment score, in [0, 1]")
+    p.add_argument("--out", type=writable_dir, default="predictions")
+    sub.add_parser("evaluate", help="score a prediction folder against ground truth (PQ or mIoU); "
+                                    "see `fovseg evaluate -h`", add_help=False)
     s = sub.add_parser("preset", help="switch params.yaml to a preset")
-    s.add_argument("name", choices=["toy", "paper"])
+    s.add_argument("name", choices=["toy", "paper", "paper_coco_stuff"])
     s.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     try:
@@ -145,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             predict(args)
         else:
             set_preset(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FovsegError, FileNotFoundError) as exc:
         print(f"fovseg: error: {exc}", file=sys.stderr)
         sys.exit(1)
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.config import ParamsError
 from pipeline.data.formats import write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,9 +25,14 @@ def setup_logging() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
+class DeviceUnavailableError(ParamsError):
+    """params ask for a device this machine does not have."""
+
+
 def pick_device(choice: str = "auto") -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' requested but no CUDA device is visible; set device: auto or cpu")
+        raise DeviceUnavailableError("device: 'cuda' requested but no CUDA device is visible (check "
+                                     "`nvidia-smi` and CUDA_VISIBLE_DEVICES); set device: auto or cpu in params.yaml")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and "LOCAL_RANK" in os.environ:
