@@ -476,9 +476,9 @@ DATASETS: dict[str, DatasetSpec] = {
                "coco_panoptic_annotations_trainval2017.zip", "coco"),
     ), expected=("coco/val2017", "coco/annotations/panoptic_val2017.json"), prepare=prepare_coco),
     "coco_stuff": DatasetSpec("coco_stuff", (  # Table III: COCO images + COCO-Stuff-164k stuffthingmaps
-        Source("http://images.cocodataset.org/zips/train2017.zip", "coco_train2017.zip", "coco"),
-        Source("http://images.cocodataset.org/zips/val2017.zip", "coco_val2017.zip", "coco"),
-        Source("http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip",
+        Source("https://images.cocodataset.org/zips/train2017.zip", "coco_train2017.zip", "coco"),
+        Source("https://images.cocodataset.org/zips/val2017.zip", "coco_val2017.zip", "coco"),
+        Source("https://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip",
                "stuffthingmaps_trainval2017.zip", "coco/stuffthingmaps"),
     ), expected=("coco/val2017", "coco/stuffthingmaps/val2017"), prepare=prepare_coco_stuff),
     "ade20k": DatasetSpec("ade20k", (

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from pipeline.errors import VocabularyError  # noqa: F401  (re-exported)
 
@@ -85,3 +86,14 @@ def load_packaged_vocabulary(file_stem: str) -> Vocabulary:
     if not path.is_file():
         raise VocabularyError(f"no packaged vocabulary {file_stem!r} (looked for {path})")
     return vocabulary_from_records(file_stem, json.loads(path.read_text()))
+
+
+def load_vocabulary_file(path: str | Path) -> Vocabulary:
+    """A vocabulary from a JSON file in the packaged format (a list of {id, name, isthing, ...} records)."""
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VocabularyError(f"cannot read vocabulary {path}: {exc}; give a packaged vocabulary name or a JSON "
+                              "list of class records") from None
+    return vocabulary_from_records(path.stem, records)

@@ -67,14 +67,12 @@ def test_zero_images_evaluated_is_an_error():
 
 def test_evaluate_refuses_a_benchmark_whose_images_all_fail(toy_copy):
     """The hook in pipeline.evaluation: all images unreadable -> error, not PQ 0 with exit 0."""
-    import torch
-
-    from pipeline.evaluation import evaluate
+    from pipeline.evaluation import GroundTruthProposals, OracleClassifier, default_evaluators, inference_on_dataset
 
     root, bench, _ = toy_copy
     for p in (root / bench.image_dir).iterdir():
         p.write_bytes(b"not an image")
     ds = BenchmarkDataset(bench, root)
     with pytest.raises(DatasetError, match=r"no image of toy_val could be evaluated"):
-        evaluate(None, ds, None, proposals=None, short_side=64, max_side=96, object_threshold=0.3,
-                 overlap_threshold=0.6, device=torch.device("cpu"), oracle_classifier=True)
+        inference_on_dataset(ds, GroundTruthProposals(), OracleClassifier(len(ds.vocab)), default_evaluators(ds),
+                             object_threshold=0.3, overlap_threshold=0.6)

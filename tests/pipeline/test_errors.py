@@ -77,4 +77,4 @@ def test_unknown_benchmark_and_missing_weights_are_one_line_in_a_real_stage(tmp_
         fovseg(["predict", "x.png", "--classes", "a", "--zero-shot", "--backbones", "missing"])
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 1 and len(err) == 1, err
-    assert err[0].startswith("fovseg: error: pre-trained toy Mask2Former missing/mask2former not found"), err
+    assert err[0].startswith("fovseg: error: Mask2Former folder missing/mask2former not found"), err
