@@ -6,9 +6,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.clip_backbone import clip_input_stats
-from models.fiser import FiserPredictor, fiser_loss
+from models.fiser import (
+    FiserPredictor,
+    FiserTextPredictor,
+    default_tokenizer,
+    fiser_loss,
+    fiser_text_loss,
+    label_tokens,
+    pad_class_sets,
+    text_tower,
+)
 from models.mask_encoder import MaskCLIPVisual, TevaConfig
 
+FISER_VARIANTS = ("text_encoder", "embedding")
+TEVA_TRAIN_TARGETS = ("image", "vocabulary")
 MASK_CELLS = 4  # the adapter sees masks at 4x4 cells per patch, whatever the input resolution
 
 
@@ -44,20 +55,38 @@ class FOVSeg(nn.Module):
     """Classifies proposal masks against text embeddings of an arbitrary vocabulary.
 
     Built from an open_clip ``CLIP``; the visual tower is re-assembled (weights copied) into
-    :class:`MaskCLIPVisual`, the text tower is kept to encode vocabularies.
+    :class:`MaskCLIPVisual`, the text tower is kept to encode vocabularies (and, for FiSeR's
+    ``text_encoder`` variant, the masked label sequences).
+
+    ``teva_train_targets``: TeVA's [TGT] during training, when ``forward`` gets ``class_sets``:
+    ``image`` = each image's ground-truth classes, padded to K_max with a key-padding mask (the
+    paper's "Handling Variable Class Numbers"), or ``vocabulary`` = the whole training vocabulary.
+    Without ``class_sets`` (evaluation) the targets are the vocabulary given, i.e. the benchmark's.
     """
 
     def __init__(self, clip_model: nn.Module, teva: TevaConfig | None = None, adapter_layers: int = 2,
                  adapter_channels: int = 16, fiser_layers: int = 0, fiser_heads: int = 4,
-                 image_size: int | None = None):
+                 image_size: int | None = None, fiser_variant: str = "text_encoder",
+                 teva_train_targets: str = "image", tokenizer=None):
         super().__init__()
+        if fiser_variant not in FISER_VARIANTS:
+            raise ValueError(f"unknown FiSeR variant {fiser_variant!r}; valid: {FISER_VARIANTS}")
+        if teva_train_targets not in TEVA_TRAIN_TARGETS:
+            raise ValueError(f"unknown TeVA train targets {teva_train_targets!r}; valid: {TEVA_TRAIN_TARGETS}")
         embed_dim = joint_dim(clip_model)
         mean, std = clip_input_stats(clip_model)
         self.visual = MaskCLIPVisual(clip_model.visual, embed_dim, teva or TevaConfig(), adapter_layers,
                                      adapter_channels)
         clip_model.visual = None  # the re-assembled tower owns the weights now
         self.clip = clip_model
-        self.fiser = FiserPredictor(embed_dim, fiser_layers, fiser_heads) if fiser_layers > 0 else None
+        self.fiser: nn.Module | None = None
+        if fiser_layers > 0 and fiser_variant == "text_encoder":
+            token_dim = text_tower(clip_model).token_embedding.embedding_dim
+            self.fiser = FiserTextPredictor(embed_dim, token_dim, fiser_layers, fiser_heads)
+        elif fiser_layers > 0:
+            self.fiser = FiserPredictor(embed_dim, fiser_layers, fiser_heads)
+        self.teva_train_targets = teva_train_targets
+        self.tokenizer = tokenizer  # CLIP's tokenizer (a plain callable), for set_label_names
         self.image_size = image_size or int(self.visual.native_grid[0] * self.visual.patch_size)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
@@ -66,6 +95,19 @@ class FOVSeg(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
+
+    def set_label_names(self, names: list[str], tokenizer=None) -> None:
+        """The training vocabulary's class names (index i = class i of ``text_embeds``), BPE-tokenised for
+        FiSeR's text_encoder variant; a no-op for the other variant or without FiSeR."""
+        if isinstance(self.fiser, FiserTextPredictor):
+            tok = tokenizer or self.tokenizer or default_tokenizer(self.clip)
+            self.fiser.set_labels(label_tokens(tok, names))
+
+    @torch.no_grad()
+    def prepare_vocabulary(self, text_embeds: torch.Tensor) -> None:
+        """Project a vocabulary's (C,E) embeddings through TeVA's g_k/g_v once; later inference calls with
+        the same embeddings reuse them (the cache is also filled by the first such call). Always recomputes."""
+        self.visual.target_keys_values(text_embeds, refresh=True)
 
     def encode_text_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_text(tokens), dim=-1)
@@ -79,21 +121,31 @@ class FOVSeg(nn.Module):
         return (x - self.pixel_mean) / self.pixel_std
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, text_embeds: torch.Tensor,
-                size: tuple[int, int] | None = None, fiser_class_sets: list[list[int]] | None = None
-                ) -> dict[str, torch.Tensor]:
-        """images (B,3,H,W) in [0,255]; masks (B,Q,H,W) in [0,1]; text_embeds (C,E) normalised; with
-        ``fiser_class_sets`` (each image's ground-truth classes) also returns ``loss_fiser``.
+                size: tuple[int, int] | None = None, fiser_class_sets: list[list[int]] | None = None,
+                class_sets: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+        """images (B,3,H,W) in [0,255]; masks (B,Q,H,W) in [0,1]; text_embeds (C,E) normalised (the vocabulary
+        classified against); ``class_sets`` (training: each image's ground-truth class indices) make TeVA's
+        targets per image when ``teva_train_targets == "image"``; with ``fiser_class_sets`` (the same sets)
+        also returns ``loss_fiser``.
 
         Returns ``logits`` (B,Q,C) = scale * cosine, normalised ``mask_embeds`` and ``patch_embeds``."""
         x = self.preprocess(images, size)
         patch = self.visual.patch_size
         m = fit_masks(masks.float(), (x.shape[-2] // patch * MASK_CELLS, x.shape[-1] // patch * MASK_CELLS))
-        out = self.visual(x, m, text_embeds)
+        targets, target_pad = text_embeds, None
+        if class_sets is not None and self.teva_train_targets == "image":
+            targets, valid = pad_class_sets(text_embeds, class_sets)
+            target_pad = ~valid
+        out = self.visual(x, m, targets, target_pad)
         mask_embeds = F.normalize(out["mask_embeds"], dim=-1)
         logits = self.logit_scale * mask_embeds @ text_embeds.t()
         result = {"logits": logits, "mask_embeds": mask_embeds, "patch_embeds": out["patch_embeds"],
                   "image_embeds": F.normalize(out["image_embeds"], dim=-1)}
         if fiser_class_sets is not None and self.fiser is not None:  # training only; inside forward for DDP
-            result["loss_fiser"] = fiser_loss(self.fiser, text_embeds.float(), fiser_class_sets,
-                                              out["patch_embeds"].float())
+            if isinstance(self.fiser, FiserTextPredictor):
+                result["loss_fiser"] = fiser_text_loss(self.fiser, self.clip, text_embeds.float(), fiser_class_sets,
+                                                       out["patch_embeds"].float())
+            else:
+                result["loss_fiser"] = fiser_loss(self.fiser, text_embeds.float(), fiser_class_sets,
+                                                  out["patch_embeds"].float())
         return result

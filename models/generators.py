@@ -47,48 +47,104 @@ def build_mask2former(name: str, image_size: int = 96, random_init: bool = False
             "backbones.generator.name to a local directory saved with save_pretrained") from None
 
 
+# Mask2Former's test-time recipe (detectron2 ResizeShortestEdge + ImageList padding): short side 800, long side
+# at most 1333, padded bottom/right to a multiple of 32 (the backbone's coarsest stride).
+PAPER_SHORT_SIDE, PAPER_MAX_SIDE, SIZE_DIVISIBILITY = 800, 1333, 32
+
+
 @dataclass
 class Proposals:
     masks: np.ndarray  # (N,H,W) bool at the image's resolution
     scores: np.ndarray  # (N,) objectness
 
 
+def resize_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
+    """(h, w) after an aspect-preserving resize: short side ``short``, long side at most ``max_size``."""
+    scale = short / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def default_max_size(short: int) -> int:
+    """The long-side cap in Mask2Former's proportion (800 -> 1333)."""
+    return int(round(short * PAPER_MAX_SIDE / PAPER_SHORT_SIDE))
+
+
+def objectness(class_logits: torch.Tensor) -> torch.Tensor:
+    """(..., K+1) class logits -> (...,) objectness 1 - P(no object) (class-agnostic proposals)."""
+    return 1 - class_logits.float().softmax(-1)[..., -1]
+
+
+def select_proposals(mask_probs: torch.Tensor, scores: torch.Tensor, threshold: float, min_area: int,
+                     max_proposals: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q,H,W) probabilities + (Q,) objectness -> binary masks by descending objectness, dropping masks of
+    ``min_area`` pixels or fewer, at most ``max_proposals``."""
+    order = scores.argsort(descending=True)
+    masks = mask_probs[order] > threshold
+    keep = masks.flatten(1).sum(1) > max(min_area, 0)
+    return masks[keep][:max_proposals], scores[order][keep][:max_proposals]
+
+
 class Mask2FormerGenerator:
-    """Frozen, batched, class-agnostic: objectness = 1 - P(no object); masks = sigmoid > threshold."""
+    """Frozen, batched, class-agnostic: objectness = 1 - P(no object); masks = sigmoid > threshold.
+
+    Input geometry follows Mask2Former's test recipe: each image is resized keeping its aspect ratio
+    (short side ``input_size``, long side at most ``max_size``), normalised, and padded bottom/right with
+    zeros to the batch's largest size rounded up to ``size_divisibility``. Mask logits (1/4 resolution)
+    are upsampled to the padded size, cropped to the resized image and resized to the original H x W,
+    as detectron2's ``sem_seg_postprocess`` does. At training the generator sees the LSJ crop (a
+    fixed square ``crop_size`` that is already divisible), which is Mask2Former's own train recipe.
+    """
 
     def __init__(self, model: nn.Module, input_size: int, max_proposals: int = 100, mask_threshold: float = 0.5,
-                 min_area: int = 0, device: str | torch.device = "cpu"):
+                 min_area: int = 0, device: str | torch.device = "cpu", *, max_size: int | None = None,
+                 size_divisibility: int = SIZE_DIVISIBILITY):
         self.model = model.eval().to(device)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.input_size, self.max_proposals = input_size, max_proposals
+        self.max_size = max_size if max_size is not None else default_max_size(input_size)
+        if self.max_size < input_size:
+            raise ValueError(f"generator max_size {self.max_size} is below its short side {input_size}")
+        self.size_divisibility = max(1, size_divisibility)
         self.mask_threshold, self.min_area, self.device = mask_threshold, min_area, device
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
-    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """HxWx3 uint8 arrays -> a normalised (B,3,S,S) batch at the generator's input size."""
-        batch = torch.stack([F.interpolate(torch.from_numpy(im).permute(2, 0, 1)[None].float(),
-                                           size=(self.input_size, self.input_size), mode="bilinear",
-                                           align_corners=False, antialias=True)[0] for im in images])
-        return (batch.to(self.device) - self.mean) / self.std
+    def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """HxWx3 uint8 arrays -> (a normalised, zero-padded (B,3,Hp,Wp) batch, each image's resized (h, w))."""
+        sizes = [resize_shape(*im.shape[:2], self.input_size, self.max_size) for im in images]
+        d = self.size_divisibility
+        hp = -(-max(h for h, _ in sizes) // d) * d
+        wp = -(-max(w for _, w in sizes) // d) * d
+        batch = torch.zeros(len(images), 3, hp, wp, device=self.device)
+        for i, (im, (h, w)) in enumerate(zip(images, sizes)):
+            x = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float().to(self.device)
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            batch[i, :, :h, :w] = ((x - self.mean) / self.std)[0]
+        return batch, sizes
+
+    @staticmethod
+    def masks_to_image(mask_logits: torch.Tensor, padded: tuple[int, int], resized: tuple[int, int],
+                       out: tuple[int, int]) -> torch.Tensor:
+        """(Q,h',w') logits at 1/4 of the padded input -> (Q,H,W) probabilities on the original image."""
+        x = F.interpolate(mask_logits[None].float(), size=padded, mode="bilinear", align_corners=False)
+        x = x[..., : resized[0], : resized[1]]
+        return F.interpolate(x, size=out, mode="bilinear", align_corners=False)[0].sigmoid()
 
     @torch.no_grad()
     def __call__(self, images: list[np.ndarray]) -> list[Proposals]:
         """images: HxWx3 uint8 arrays (any sizes) -> proposals at each image's resolution."""
         out = []
-        res = self.model(pixel_values=self.preprocess(images))
-        obj = 1 - res.class_queries_logits.softmax(-1)[..., -1]
+        pixels, sizes = self.preprocess(images)
+        res = self.model(pixel_values=pixels)
+        obj = objectness(res.class_queries_logits)
         for i, im in enumerate(images):
-            h, w = im.shape[:2]
-            order = obj[i].argsort(descending=True)
-            probs = F.interpolate(res.masks_queries_logits[i:i + 1, order], size=(h, w), mode="bilinear",
-                                  align_corners=False)[0].sigmoid()
-            masks = (probs > self.mask_threshold).cpu().numpy()
-            scores = obj[i, order].cpu().numpy()
-            keep = masks.reshape(len(masks), -1).sum(1) > max(self.min_area, 0)
-            masks, scores = masks[keep][: self.max_proposals], scores[keep][: self.max_proposals]
-            out.append(Proposals(masks, scores.astype(np.float32)))
+            probs = self.masks_to_image(res.masks_queries_logits[i], tuple(pixels.shape[-2:]), sizes[i],
+                                        im.shape[:2])
+            masks, scores = select_proposals(probs, obj[i], self.mask_threshold, self.min_area, self.max_proposals)
+            out.append(Proposals(masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32)))
         return out
 
 

@@ -2,13 +2,21 @@
 
 Sequence per image: [CLS, patches] (image tokens, plain CLIP self-attention, never see mask
 tokens) and Q mask tokens (copies of [CLS] with its position embedding). A mask token attends to
-[CLS] plus the patches its mask touches (eq. 11), never to other mask tokens; with TeVA it first
-cross-attends to the vocabulary's text embeddings (new g_q, g_k, g_v), then to the image tokens
-with CLIP's own f_q, f_k, f_v under the mask bias. CLIP's fused in-projection is split into
-q/k/v linears so f_q can be trained alone.
+[CLS] plus the patches its mask touches (eq. 11: -inf elsewhere, with or without the adapter; the
+adapter only reweights the touched patches), never to other mask tokens. With TeVA it first
+cross-attends to the target classes' text embeddings (eqs. 9-10: new g_q, g_k, g_v), then to the
+image tokens with CLIP's own f_q, f_k, f_v under the mask bias (eqs. 7-8). CLIP's fused
+in-projection is split into q/k/v linears so f_q can be trained alone.
+
+Table IV(i) rows (:class:`TevaConfig`): ``image_attention=False`` is MaskCLIP's mask attention
+(the baseline): the mask token's keys are [CLS], its masked patches *and itself*;
+``image_attention=True`` is TeVA's Mask-Image cross-attention, which replaces that self-attention:
+keys are [CLS] and the masked patches only. ``target_attention`` adds the Mask-Target step before
+either. The [CLS] column stays visible in every variant (an empty mask still has a key).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +28,20 @@ from models.adapter import DistributionAdapter
 
 @dataclass(frozen=True)
 class TevaConfig:
-    target_attention: bool = True  # step 1: mask tokens x target-class text embeddings
-    image_attention: bool = True  # step 2 chained on step 1's output (off: the two run in parallel)
+    """TeVA switches (Table IV(i)) and size.
+
+    ``target_attention``: Mask-Target cross-attention (eqs. 9-10) before the image step.
+    ``image_attention``: True = Mask-Image cross-attention (eq. 7, keys = [CLS] + masked patches);
+    False = MaskCLIP's mask attention (the mask token is also its own key/value).
+    ``width``: g_q/g_k/g_v output width (0 = CLIP's width, no output projection; otherwise a
+    bottleneck with a zero-initialised output projection back to CLIP's width).
+    ``shared``: one set of g projections for all blocks instead of one per block.
+    """
+
+    target_attention: bool = True
+    image_attention: bool = True
+    width: int = 0
+    shared: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -92,31 +112,69 @@ class SplitAttention(nn.Module):
     def keys_values(self, kv_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._heads(self.k_proj(kv_in)), self._heads(self.v_proj(kv_in))
 
+    def forward_with_self(self, q_in: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                          bias: torch.Tensor) -> torch.Tensor:
+        """MaskCLIP's mask attention: each query token attends to the image keys (under ``bias``) and to
+        itself (its own f_k/f_v), never to the other query tokens."""
+        q = self._heads(self.q_proj(q_in))
+        k_self, v_self = self.keys_values(q_in)
+        k, v = kv
+        scale = q.shape[-1] ** -0.5
+        scores = torch.cat([q @ k.transpose(-2, -1) * scale + bias, (q * k_self).sum(-1, keepdim=True) * scale], -1)
+        w = scores.softmax(-1)
+        out = w[..., :-1] @ v + w[..., -1:] * v_self
+        b, h, n, dh = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * dh))
+
 
 class TargetAttention(nn.Module):
-    """TeVA step 1: mask tokens cross-attend to class text embeddings (g_q, g_k, g_v; eqs. 9-10).
+    """TeVA step 1: mask tokens cross-attend to target-class text embeddings (g_q, g_k, g_v; eqs. 9-10).
 
-    g_v starts at zero, so before training the step is an identity and the model is plain CLIP.
+    At full width (``width`` = CLIP's) g_v starts at zero; with a bottleneck the output projection
+    g_o does. Either way an untrained step is an identity and the model starts as plain CLIP.
+    Keys/values depend on the targets only (:meth:`keys_values`), so a fixed vocabulary's are
+    computed once and reused (see :meth:`MaskCLIPVisual.target_keys_values`).
     """
 
-    def __init__(self, dim: int, text_dim: int, heads: int):
+    def __init__(self, dim: int, text_dim: int, heads: int, width: int = 0):
         super().__init__()
-        self.heads = heads
-        self.g_q = nn.Linear(dim, dim)
-        self.g_k = nn.Linear(text_dim, dim)
-        self.g_v = nn.Linear(text_dim, dim)
-        nn.init.zeros_(self.g_v.weight)
-        nn.init.zeros_(self.g_v.bias)
+        width = width or dim
+        self.heads = heads if width % heads == 0 else math.gcd(width, heads)
+        self.g_q = nn.Linear(dim, width)
+        self.g_k = nn.Linear(text_dim, width)
+        self.g_v = nn.Linear(text_dim, width)
+        self.g_o = nn.Linear(width, dim) if width != dim else None
+        last = self.g_o if self.g_o is not None else self.g_v
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
-    def forward(self, h: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """h (B,Q,D), text (C,E) -> (B,Q,D) update."""
-        b, q_len, d = h.shape
-        dh = d // self.heads
-        q = self.g_q(h).view(b, q_len, self.heads, dh).transpose(1, 2)
-        k = self.g_k(text).view(1, -1, self.heads, dh).transpose(1, 2).expand(b, -1, -1, -1)
-        v = self.g_v(text).view(1, -1, self.heads, dh).transpose(1, 2).expand(b, -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return out.transpose(1, 2).reshape(b, q_len, d)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        return x.view(b, n, self.heads, w // self.heads).transpose(1, 2)
+
+    def keys_values(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """targets (Bt,T,E) -> k, v (Bt,H,T,w/H)."""
+        return self._heads(self.g_k(targets)), self._heads(self.g_v(targets))
+
+    def forward(self, h: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                pad: torch.Tensor | None = None) -> torch.Tensor:
+        """h (B,Q,D), kv from :meth:`keys_values` (Bt = 1 or B), pad (B,T) bool (True = padding) -> (B,Q,D)."""
+        b, q_len, _ = h.shape
+        q = self._heads(self.g_q(h))
+        k, v = kv
+        if k.shape[0] != b:
+            k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
+        bias, keep = None, None
+        if pad is not None:
+            empty = pad.all(1, keepdim=True)  # no targets: the step adds nothing (no all -inf row)
+            bias = torch.zeros(pad.shape, dtype=q.dtype, device=q.device).masked_fill(pad & ~empty, float("-inf"))
+            bias = bias[:, None, None, :]
+            keep = (~empty).to(q.dtype)[:, :, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(b, q_len, -1)
+        if self.g_o is not None:
+            out = self.g_o(out)
+        return out * keep if keep is not None else out
 
 
 class Scale(nn.Module):
@@ -146,29 +204,34 @@ def eva_block_parts(block: nn.Module) -> dict[str, nn.Module]:
 class MaskBlock(nn.Module):
     """One CLIP residual block applied to image tokens and (masked, TeVA) mask tokens."""
 
-    def __init__(self, parts: dict[str, nn.Module], text_dim: int, teva: TevaConfig):
+    def __init__(self, parts: dict[str, nn.Module], text_dim: int, teva: TevaConfig,
+                 shared_teva: TargetAttention | None = None):
         super().__init__()
         self.ln_1, self.ln_2, self.mlp = parts["ln_1"], parts["ln_2"], parts["mlp"]
         self.ls_1, self.ls_2 = parts["ls_1"], parts["ls_2"]
         self.attn = parts["attn"]
         self.teva_cfg = teva
-        self.teva = TargetAttention(self.attn.q_proj.in_features, text_dim, self.attn.heads) if teva.enabled else None
+        self.teva: TargetAttention | None = None
+        if teva.enabled:
+            self.teva = shared_teva or TargetAttention(self.attn.q_proj.in_features, text_dim, self.attn.heads,
+                                                       teva.width)
 
-    def forward(self, x: torch.Tensor, m: torch.Tensor, bias: torch.Tensor, text: torch.Tensor | None
+    def forward(self, x: torch.Tensor, m: torch.Tensor, bias: torch.Tensor,
+                target_kv: tuple[torch.Tensor, torch.Tensor] | None = None, target_pad: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B,1+N,D) image tokens, m (B,Q,D) mask tokens, bias (B,1,Q,1+N) eq. 11; ``target_kv`` this
+        block's TeVA keys/values of the targets (None: no mask-target step), ``target_pad`` (B,T) padding."""
         hx = self.ln_1(x)
         kv = self.attn.keys_values(hx)
         x_new = x + self.ls_1(self.attn(hx, hx, None, kv=kv))
         if m.shape[1]:
             hm = self.ln_1(m)
-            if self.teva is not None and text is not None:
-                z = hm + self.teva(hm, text)
-                if self.teva_cfg.image_attention:
-                    out = self.attn(z, hx, bias, kv=kv)
-                else:
-                    out = self.attn(hm, hx, bias, kv=kv) + (z - hm)
-            else:
+            if self.teva is not None and target_kv is not None:
+                hm = hm + self.teva(hm, target_kv, target_pad)
+            if self.teva_cfg.image_attention:
                 out = self.attn(hm, hx, bias, kv=kv)
+            else:
+                out = self.attn.forward_with_self(hm, kv, bias)
             m = m + self.ls_1(out)
             m = m + self.ls_2(self.mlp(self.ln_2(m)))
         x_new = x_new + self.ls_2(self.mlp(self.ln_2(x_new)))
@@ -187,8 +250,13 @@ class MaskCLIPVisual(nn.Module):
             parts = self._take_eva(visual)
         else:
             parts = self._take_open_clip(visual)
-        self.blocks = nn.ModuleList(MaskBlock(p, text_dim, teva) for p in parts)
+        shared = None
+        if teva.enabled and teva.shared:
+            attn = parts[0]["attn"]
+            shared = TargetAttention(attn.q_proj.in_features, text_dim, attn.heads, teva.width)
+        self.blocks = nn.ModuleList(MaskBlock(p, text_dim, teva, shared) for p in parts)
         self.adapter = DistributionAdapter(adapter_layers, adapter_channels) if adapter_layers > 0 else None
+        self._kv_cache: tuple | None = None  # (targets copy, weight versions, per-block keys/values)
 
     def _take_open_clip(self, visual: nn.Module) -> list[dict[str, nn.Module]]:
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
@@ -243,24 +311,56 @@ class MaskCLIPVisual(nn.Module):
         return torch.cat([cls_pe, patch_pe.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)])
 
     def mask_bias(self, masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(B,Q,H,W) masks -> additive bias (B,1,Q,1+N): [CLS] always visible; a patch is visible if
-        any of its pixels is in the mask (hard 0/-inf without an adapter, log-probability with one)."""
+        """(B,Q,H,W) masks in [0,1] -> additive bias (B,1,Q,1+N), eq. 11: a patch is visible iff the raw
+        mask has a pixel (value >= 0.5) in it; -inf otherwise, adapter or not. Visible patches get 0
+        without an adapter and log(adapter probability, max over the patch) with one, so the adapter
+        reweights patches inside the mask only. [CLS] is always visible (bias 0)."""
         b, q = masks.shape[:2]
+        flat = masks.float().reshape(b * q, 1, *masks.shape[-2:])
+        touched = F.adaptive_max_pool2d(flat, grid).reshape(b, q, grid[0] * grid[1]) >= 0.5
         if self.adapter is not None:
-            soft = self.adapter(masks.float())
-        else:
-            soft = masks.float()
-        vis = F.adaptive_max_pool2d(soft.reshape(b * q, 1, *soft.shape[-2:]), grid).reshape(b, q, grid[0] * grid[1])
-        if self.adapter is not None:
+            soft = self.adapter(masks.float()).reshape(b * q, 1, *masks.shape[-2:])
+            vis = F.adaptive_max_pool2d(soft, grid).reshape(b, q, grid[0] * grid[1])
             patch_bias = torch.log(vis.clamp_min(1e-4))
         else:
-            patch_bias = torch.zeros_like(vis).masked_fill(vis < 0.5, float("-inf"))
+            patch_bias = torch.zeros(b, q, grid[0] * grid[1], device=masks.device)
+        patch_bias = patch_bias.masked_fill(~touched, float("-inf"))
         cls_col = torch.zeros(b, q, 1, dtype=patch_bias.dtype, device=patch_bias.device)
         return torch.cat([cls_col, patch_bias], dim=2).unsqueeze(1)
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor, text: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
-        """images (B,3,H,W) normalised; masks (B,Q,H',W') in [0,1]; text (C,E) normalised or None.
+    def _teva_modules(self) -> list[TargetAttention]:
+        seen: dict[int, TargetAttention] = {}
+        for block in self.blocks:
+            if block.teva is not None:
+                seen.setdefault(id(block.teva), block.teva)
+        return list(seen.values())
+
+    def target_keys_values(self, targets: torch.Tensor, refresh: bool = False
+                           ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """TeVA's g_k/g_v of the targets, (C,E) shared by the batch or (Bt,T,E), for every (distinct) TeVA
+        module, keyed by module id; values are (Bt or 1, H, T, w/H).
+
+        Without autograd (inference) the result is cached: a later call with equal targets and unchanged
+        TeVA weights reuses it, so a benchmark's vocabulary is projected once, not once per image.
+        (Weights created under ``torch.inference_mode`` have no version counter: in-place edits to those
+        are not detected; pass ``refresh=True`` after such an edit.)"""
+        modules = self._teva_modules()
+        batched = targets if targets.dim() == 3 else targets[None]
+        if torch.is_grad_enabled():
+            return {id(t): t.keys_values(batched) for t in modules}
+        versions = tuple(_version(p) for t in modules for p in t.parameters())
+        cached = self._kv_cache
+        if not refresh and cached is not None and cached[1] == versions and _same_targets(cached[0], targets):
+            return cached[2]
+        kv = {id(t): t.keys_values(batched) for t in modules}
+        self._kv_cache = (targets if targets.device.type == "meta" else targets.detach().clone(), versions, kv)
+        return kv
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, text: torch.Tensor | None = None,
+                target_pad: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """images (B,3,H,W) normalised; masks (B,Q,H',W') in [0,1]; text: TeVA targets, (C,E) shared by the
+        batch (a vocabulary) or (B,T,E) per image with ``target_pad`` (B,T) True at padding; None: no
+        mask-target step.
 
         Returns ``mask_embeds`` (B,Q,E), ``image_embeds`` (B,E) and ``patch_embeds`` (B,N,E), unnormalised.
         """
@@ -274,9 +374,28 @@ class MaskCLIPVisual(nn.Module):
         b, q = masks.shape[:2]
         m = x[:, :1].expand(b, q, -1)
         bias = self.mask_bias(masks, grid).to(x.dtype)
+        kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if text is not None and q and self._teva_modules():
+            kv = self.target_keys_values(text)
         for block in self.blocks:
-            x, m = block(x, m, bias, text)
+            x, m = block(x, m, bias, kv.get(id(block.teva)), target_pad)
         x = self.ln_post(x)
         m = self.ln_post(m)
         return {"image_embeds": self.project(x[:, 0]), "patch_embeds": self.project(x[:, 1:]),
                 "mask_embeds": self.project(m)}
+
+
+def _version(p: torch.Tensor) -> tuple[int, int]:
+    """(tensor identity, in-place version); inference tensors have no version counter (-1)."""
+    try:
+        return id(p), p._version
+    except RuntimeError:
+        return id(p), -1
+
+
+def _same_targets(cached: torch.Tensor, targets: torch.Tensor) -> bool:
+    if cached is targets:
+        return True
+    if cached.shape != targets.shape or cached.dtype != targets.dtype or cached.device != targets.device:
+        return False
+    return targets.device.type != "meta" and torch.equal(cached, targets)

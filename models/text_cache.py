@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-
-# ViLD's 14 templates (also used by FC-CLIP); the paper preset uses these.
-VILD_TEMPLATES = (
-    "a photo of a {}.", "This is a photo of a {}", "There is a {} in the scene", "There is the {} in the scene",
-    "a photo of a {} in the scene", "a photo of a small {}.", "a photo of a medium {}.", "a photo of a large {}.",
-    "This is a photo of a small {}.", "This is a photo of a medium {}.", "This is a photo of a large {}.",
-    "There is a small {} in the scene.", "There is a medium {} in the scene.", "There is a large {} in the scene.",
-)
 
 
 def cache_key(model_id: str, weights_id: str, synonyms: Sequence[Sequence[str]], templates: Sequence[str]) -> str:
@@ -69,9 +63,18 @@ class TextEmbeddingCache:
             return torch.load(path, map_location="cpu", weights_only=True)
         emb = compute_text_embeddings(encode, synonyms, templates)
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(emb, tmp)
-        tmp.replace(path)
+        # a unique temp name per writer: two processes computing the same key never write the same file
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.directory)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            torch.save(emb, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return emb
 
 

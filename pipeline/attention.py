@@ -62,30 +62,18 @@ def render(image: np.ndarray, maps: dict[str, np.ndarray], names: list[str], tit
 
 def load_models(params, backbones: str, checkpoint: str, vocab, device: torch.device) -> dict:
     """{"original CLIP": (model, text), "trained": (model, text)} for ``vocab``."""
-    from pipeline.modeling import (
-        TEXT_CACHE_DIR,
-        load_checkpoint_weights,
-        prepare_classifier,
-        trained_weights_id,
-        vocabulary_embeddings,
-    )
+    from pipeline.builder import build_classifier, read_checkpoint
 
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} not found: run `dvc repro train` or pass --checkpoint")
+    read_checkpoint(checkpoint)  # a missing or damaged checkpoint stops before the original model is built
     models = {}
     for name, ckpt in (("original CLIP", None), ("trained", checkpoint)):
-        model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, backbones, device)
-        if ckpt:
-            load_checkpoint_weights(model, ckpt)
-            weights_id = trained_weights_id(weights_id, ckpt, params.model)
-        text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, TEXT_CACHE_DIR,
-                                     params.backbones.clip.model, weights_id, device)
-        models[name] = (model, text)
+        ready = build_classifier(params.backbones.clip, params.model, backbones, device, checkpoint=ckpt)
+        models[name] = (ready.model, ready.text_embeddings(vocab))
     return models
 
 
 def attention_figure(models: dict, image: np.ndarray, names: list[str], params, title: str = "") -> plt.Figure:
-    from pipeline.evaluation import classifier_input_size
+    from pipeline.builder import classifier_input_size
 
     any_model = next(iter(models.values()))[0]
     size = classifier_input_size(*image.shape[:2], params.evaluate.test_short_side, params.evaluate.test_max_side,
@@ -98,16 +86,16 @@ def run_attention(args) -> list[Path]:
     """``fovseg attention IMAGE... --classes "a, b" --out DIR``: one PNG per image."""
     from pipeline.config import load_params
     from pipeline.data.formats import read_image
-    from pipeline.predict import check_output_dir, expand_inputs, resolve_vocabulary
+    from pipeline.predict import PredictError, default_paths_from_dvc_yaml, expand_inputs, resolve_vocabulary
     from pipeline.runtime import pick_device
 
     images = expand_inputs(args.inputs)
     vocab = resolve_vocabulary(args.classes, None, args.vocab)
     if len(vocab) > 12:
-        raise ValueError(f"{len(vocab)} classes: give at most 12 (one map each), e.g. --classes \"sky, grass\"")
+        raise PredictError(f"{len(vocab)} classes: give at most 12 (one map each), e.g. --classes \"sky, grass\"")
     out = Path(args.out)
-    check_output_dir(out)
     params = load_params(args.params)
+    default_paths_from_dvc_yaml(args)
     models = load_models(params, args.backbones, args.checkpoint, vocab, pick_device(params.device))
     written = []
     for path in images:
@@ -121,10 +109,12 @@ def run_attention(args) -> list[Path]:
 
 
 def add_arguments(p) -> None:
+    from pipeline.predict import writable_dir
+
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--classes", default=None, help='comma-separated class names (at most 12), e.g. "sky, grass"')
     p.add_argument("--vocab", default=None, help="a packaged vocabulary instead of --classes (at most 12 classes)")
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--backbones", default="outputs/backbones")
-    p.add_argument("--checkpoint", default="outputs/train/model.pt")
-    p.add_argument("--out", default="attention")
+    p.add_argument("--backbones", default=None, help="default: the backbones stage's --out in ./dvc.yaml")
+    p.add_argument("--checkpoint", default=None, help="default: model.pt in the train stage's --out in ./dvc.yaml")
+    p.add_argument("--out", type=writable_dir, default="attention")

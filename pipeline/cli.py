@@ -4,7 +4,9 @@
   segment files, folders or globs; per image a panoptic PNG, COCO segments JSON (RLE masks), a semantic PNG
   and an overlay with legend and contours (see pipeline/predict.py).
 - ``fovseg attention IMAGES... --classes "sky, grass" --out DIR``: Fig. 6 maps, original CLIP vs trained.
-- ``fovseg preset {toy,paper}``: switch params.yaml to a preset.
+- ``fovseg preset {toy,paper,paper_coco_stuff}``: switch params.yaml to a preset (refuses to overwrite edits).
+- ``fovseg evaluate --gt_json_file ... --pred_json_file ...`` (panoptic) or ``--gt_folder --pred_folder --vocab``
+  (semantic): score a prediction folder, no model needed (see ``fovseg evaluate -h``).
 """
 from __future__ import annotations
 
@@ -16,12 +18,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from pipeline.attention import add_arguments as add_attention_arguments
-from pipeline.attention import run_attention
-from pipeline.predict import add_arguments as add_predict_arguments
-from pipeline.predict import run_predict
-
-PRESETS = ("toy", "paper")
+PRESETS = ("toy", "paper", "paper_coco_stuff")
 
 
 def preset_text(name: str) -> str:
@@ -32,6 +29,8 @@ def preset_text(name: str) -> str:
 def set_preset(args: argparse.Namespace) -> None:
     """Write a preset into params.yaml, never losing edits: a params.yaml that is not exactly one of the
     packaged presets is refused, or with ``--force`` kept as ``params.yaml.<time>.bak``."""
+    from pipeline.errors import ParamsError
+
     target = Path(args.params)
     new = preset_text(args.name)
     if target.exists():
@@ -42,10 +41,10 @@ def set_preset(args: argparse.Namespace) -> None:
         if current not in {preset_text(n) for n in PRESETS}:
             backup = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
             if not getattr(args, "force", False):
-                raise ValueError(f"{target} has edits that are in no preset (it differs from every "
-                                 "pipeline/presets/*.yaml); switching would lose them. Keep them with "
-                                 f"`git commit` or `cp {target} my-params.yaml`, or rerun with --force "
-                                 f"(your file is then kept as {backup.name})")
+                raise ParamsError(f"{target} has edits that are in no preset (it differs from every "
+                                  "pipeline/presets/*.yaml); switching would lose them. Keep them with "
+                                  f"`git commit` or `cp {target} my-params.yaml`, or rerun with --force "
+                                  f"(your file is then kept as {backup.name})")
             shutil.copy2(target, backup)
             print(f"your edited {target} is kept as {backup}")
     tmp = target.with_name(f".{target.name}.tmp")
@@ -55,6 +54,17 @@ def set_preset(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:  # dispatched before the heavy imports below: evaluate starts in a blink
+        from pipeline.score import main as evaluate_main
+
+        evaluate_main(argv[1:])
+        return
+    from pipeline.attention import add_arguments as add_attention_arguments
+    from pipeline.attention import run_attention
+    from pipeline.errors import FovsegError
+    from pipeline.predict import add_arguments as add_predict_arguments
+    from pipeline.predict import run_predict
     from pipeline.runtime import setup_logging
 
     setup_logging()
@@ -64,8 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     add_predict_arguments(p)
     a = sub.add_parser("attention", help="Fig. 6: text-to-image attention maps, original CLIP vs trained")
     add_attention_arguments(a)
+    sub.add_parser("evaluate", help="score a prediction folder against ground truth (PQ or mIoU); "
+                                    "see `fovseg evaluate -h`", add_help=False)
     s = sub.add_parser("preset", help="switch params.yaml to a preset (refuses to overwrite edits)")
-    s.add_argument("name", choices=["toy", "paper"])
+    s.add_argument("name", choices=PRESETS)
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--force", action="store_true", help="switch even if params.yaml has edits (kept as a .bak)")
     args = ap.parse_args(argv)
@@ -76,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             run_attention(args)
         else:
             set_preset(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FovsegError, FileNotFoundError) as exc:
         print(f"fovseg: error: {exc}", file=sys.stderr)
         sys.exit(1)
 

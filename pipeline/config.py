@@ -1,11 +1,16 @@
 """Typed, validated parameters: params.yaml -> frozen dataclasses.
 
+The dataclass defaults are the toy preset, equal to the repository's params.yaml (a test checks it), so
+there is one set of defaults; the paper preset (pipeline/presets/paper.yaml) overrides them.
+
 Every section is a dataclass; :func:`load_params` refuses unknown keys, wrong types and
 out-of-range values with an error that names the full key path (``train.lr``) and the file.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,14 +19,38 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.errors import ParamsError  # noqa: F401  (re-exported)
 
-class ParamsError(ValueError):
-    """A params file has an unknown key, a wrong type or an out-of-range value."""
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range
+MAX_ITERATIONS = 100_000_000
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ParamsError(f"{key}: {msg}")
+
+
+def _check_template(template: str, key: str) -> None:
+    """A prompt template holds exactly one ``{}`` (filled with the class name) and no other field."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ParamsError(f"{key}: {template!r} is not a valid template ({exc}); write the class name "
+                          "placeholder as {} and double other braces ({{ }})") from None
+    _check(fields == [""], key, f"{template!r} must contain exactly one '{{}}' placeholder (the class name) "
+                                "and no other {...} field")
+
+
+def _check_clip_model(name: str, key: str) -> None:
+    """The CLIP name must be an open_clip model or one of models/configs (checked before any stage runs)."""
+    import open_clip
+
+    from models.clip_backbone import CONFIG_DIR
+
+    local = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    _check(name in local or name in open_clip.list_models(), key,
+           f"unknown CLIP model {name!r}; local configs: {local}; list the open_clip names with "
+           "`python -c \"import open_clip; print(open_clip.list_models())\"`")
 
 
 # ----------------------------------------------------------------------------- sections
@@ -38,6 +67,7 @@ class ToyWorldParams:
     max_things: int = 4
 
     def validate(self, key: str) -> None:
+        _check(0 <= self.seed <= MAX_SEED, f"{key}.seed", f"must be in [0, {MAX_SEED}]")
         _check(32 <= self.image_size <= 1024, f"{key}.image_size", "must be in [32, 1024]")
         for name in ("n_train", "n_val", "n_open", "n_captions"):
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
@@ -46,7 +76,7 @@ class ToyWorldParams:
 
 @dataclass(frozen=True)
 class DataParams:
-    root: str = "datasets"  # $DETECTRON2_DATASETS overrides it when set
+    root: str = ""  # "" = $DETECTRON2_DATASETS, else datasets/
     train_benchmark: str = "toy_train"
     eval_benchmarks: tuple[str, ...] = ("toy_val", "toy_open", "toy_open_large")
     download: tuple[str, ...] = ("toy",)
@@ -69,9 +99,9 @@ class DataParams:
 class PretrainParams:
     """Toy-preset pre-training of a backbone (ignored when weights are fetched)."""
 
-    steps: int = 300
+    steps: int = 1000
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.1
 
     def validate(self, key: str) -> None:
@@ -89,6 +119,7 @@ class ClipParams:
     pretrain: PretrainParams = field(default_factory=PretrainParams)
 
     def validate(self, key: str) -> None:
+        _check_clip_model(self.model, f"{key}.model")
         _check(16 <= self.image_size <= 2048, f"{key}.image_size", "must be in [16, 2048]")
         self.pretrain.validate(f"{key}.pretrain")
 
@@ -98,7 +129,7 @@ class GeneratorParams:
     source: Literal["pretrain", "hub"] = "pretrain"
     name: str = "fovseg-tiny"  # hub id / local dir (source=hub) or a models/configs name (pretrain)
     image_size: int = 96
-    pretrain: PretrainParams = field(default_factory=lambda: PretrainParams(steps=400, batch_size=8, lr=3e-4,
+    pretrain: PretrainParams = field(default_factory=lambda: PretrainParams(steps=1000, batch_size=8, lr=3e-4,
                                                                              weight_decay=0.05))
 
     def validate(self, key: str) -> None:
@@ -123,8 +154,12 @@ class ProposalsParams:
     mask_threshold: float = 0.5
     min_area: int = 16
     batch_size: int = 16
+    short_side: int = 96  # generator input: aspect-preserving resize (paper: Mask2Former's test 800 / 1333)
+    max_side: int = 160
 
     def validate(self, key: str) -> None:
+        _check(32 <= self.short_side <= self.max_side <= 4096, f"{key}.short_side",
+               "need 32 <= short_side <= max_side <= 4096")
         _check(1 <= self.max_proposals <= 1000, f"{key}.max_proposals", "must be in [1, 1000]")
         _check(0 < self.mask_threshold < 1, f"{key}.mask_threshold", "must be in (0, 1)")
         _check(self.min_area >= 0, f"{key}.min_area", "must be >= 0")
@@ -133,13 +168,20 @@ class ProposalsParams:
 
 @dataclass(frozen=True)
 class TevaParams:
-    target_attention: bool = True  # step 1: mask tokens x class text embeddings (g_q, g_k, g_v)
-    image_attention: bool = True  # step 2 chained on step 1: masked attention to image tokens (f_q, f_k, f_v)
+    target_attention: bool = True  # Mask-Target x-att: mask tokens x target-class text embeddings (g_q, g_k, g_v)
+    image_attention: bool = True  # Mask-Image x-att (eq. 7); false = MaskCLIP's mask attention (+ self key)
+    train_targets: Literal["image", "vocabulary"] = "image"  # [TGT] in training: gt classes per image | vocab
+    width: int = 0  # g_q/g_k/g_v width; 0 = CLIP's width, else a bottleneck ("lightweight" TeVA)
+    shared: bool = False  # one set of g projections shared by all blocks
+
+    def validate(self, key: str) -> None:
+        _check(self.width >= 0, f"{key}.width", "must be >= 0 (0 = CLIP's width)")
 
 
 @dataclass(frozen=True)
 class FiserParams:
     enabled: bool = True
+    variant: Literal["text_encoder", "embedding"] = "text_encoder"  # eq. 2 through CLIP's text encoder | ablation
     layers: int = 2
     heads: int = 4
 
@@ -156,7 +198,8 @@ class ModelParams:
     fiser: FiserParams = field(default_factory=FiserParams)
     trainable: str = "q"  # q, k, v, q+k, q+v, q+k+v, mlp, all, lora:<rank>
     tune_text: bool = False
-    templates: tuple[str, ...] = ("a photo of a {}.", "a photo of the {}.", "there is a {} in the scene.")
+    tune_generator: bool = False  # Table IV(b): train the mask generator online (pipeline/generator_training.py)
+    templates: tuple[str, ...] = ("a photo of a {}.", "a {} on the ground.", "there is a {} in the scene.")
 
     def validate(self, key: str) -> None:
         from models.trainable import SELECTIONS, parse_selection
@@ -167,23 +210,26 @@ class ModelParams:
             parse_selection(self.trainable)
         except ValueError as exc:
             raise ParamsError(f"{key}.trainable: {exc}; valid: {SELECTIONS} or lora:<rank>") from None
-        _check(len(self.templates) >= 1 and all("{}" in t for t in self.templates), f"{key}.templates",
-               "needs at least one template, each with a '{}' placeholder")
+        _check(len(self.templates) >= 1, f"{key}.templates", "needs at least one template with a '{}' placeholder")
+        for i, template in enumerate(self.templates):
+            _check_template(template, f"{key}.templates[{i}]")
         self.fiser.validate(f"{key}.fiser")
+        self.teva.validate(f"{key}.teva")
 
 
 @dataclass(frozen=True)
 class LossWeights:
     fiser: float = 1.0
     ce: float = 2.0
+    generator: float = 1.0  # Mask2Former's own loss sum, with model.tune_generator only
 
     def validate(self, key: str) -> None:
-        _check(self.fiser >= 0 and self.ce >= 0, key, "loss weights must be >= 0")
+        _check(self.fiser >= 0 and self.ce >= 0 and self.generator >= 0, key, "loss weights must be >= 0")
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    iterations: int = 600
+    iterations: int = 1000
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -204,12 +250,13 @@ class TrainParams:
     gpus: int = 1  # > 1: the train stage relaunches itself under torchrun; batch_size stays global
 
     def validate(self, key: str) -> None:
-        _check(self.iterations >= 1, f"{key}.iterations", "must be >= 1")
+        _check(1 <= self.iterations <= MAX_ITERATIONS, f"{key}.iterations", f"must be in [1, {MAX_ITERATIONS}]")
         _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
         _check(0 < self.lr < 1, f"{key}.lr", "must be in (0, 1)")
         _check(0 <= self.weight_decay < 1, f"{key}.weight_decay", "must be in [0, 1)")
         _check(0 <= self.backbone_lr_mult <= 10, f"{key}.backbone_lr_mult", "must be in [0, 10]")
-        _check(self.warmup_iters >= 0, f"{key}.warmup_iters", "must be >= 0")
+        _check(0 <= self.warmup_iters <= self.iterations, f"{key}.warmup_iters",
+               f"must be in [0, iterations ({self.iterations})]: a warmup longer than training never reaches the lr")
         _check(self.schedule in ("poly", "cosine", "constant"), f"{key}.schedule", "must be poly, cosine or constant")
         _check(0 < self.lsj_min_scale <= self.lsj_max_scale <= 10, f"{key}.lsj_min_scale",
                "need 0 < lsj_min_scale <= lsj_max_scale <= 10")
@@ -226,8 +273,8 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    test_short_side: int = 96  # paper: 800
-    test_max_side: int = 160  # paper: 1333
+    test_short_side: int = 64  # paper: 800
+    test_max_side: int = 107  # paper: 1333
     object_threshold: float = 0.3  # Mask2Former-style merging thresholds
     overlap_threshold: float = 0.6
     max_images: int = 0  # 0 = all
@@ -273,6 +320,7 @@ class Params:
 
     def validate(self, key: str = "") -> None:
         _check(self.preset in ("toy", "paper"), "preset", "must be 'toy' or 'paper'")
+        _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
         _check(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -338,14 +386,51 @@ def params_from_dict(data: dict, source: str = "<dict>") -> Params:
     return params
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and reads ``1e-3`` as a float (YAML 1.2 / what researchers write;
+    YAML 1.1 wants ``1.0e-3`` and reads ``1e-3`` as a string)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ParamsError(f"duplicate key {key!r} (line {seen[key] + 1} and line "
+                                  f"{key_node.start_mark.line + 1}); keep one of them")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_FLOAT = re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$""")
+# resolvers are per class: copy the inherited table before adding to it
+_ParamsLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
+
+
+def read_params_yaml(path: str | Path) -> Any:
+    """Parse a params YAML file: duplicate keys refused, ``1e-3`` read as a number."""
+    path = Path(path)
+    try:
+        with path.open() as fh:
+            return yaml.load(fh, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file (the toy preset when it is the repo's params.yaml)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"params file {path} not found; run from the repository root or pass --params")
-    with path.open() as fh:
-        data = yaml.safe_load(fh)
-    return params_from_dict(data or {}, str(path))
+    data = read_params_yaml(path)
+    if data is None:
+        raise ParamsError(f"{path} is empty; restore the toy preset with `git checkout {path.name}` or "
+                          "`fovseg preset toy` (built-in defaults are never used silently)")
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return params_from_dict(data, str(path))
 
 
 def to_dict(obj: Any) -> Any:

@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from pipeline.runtime import DeviceUnavailableError
+
 log = logging.getLogger(__name__)
 
 
@@ -30,8 +32,9 @@ def relaunch_under_torchrun(gpus: int, device: str, module: str, argv: list[str]
     if device != "cpu":  # device: cpu runs N gloo processes (tests); otherwise N GPUs must be visible
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if visible < gpus:
-            raise RuntimeError(f"train.gpus: {gpus} but {visible} CUDA device(s) are visible; set train.gpus "
-                               f"to at most {max(visible, 1)} (e.g. `dvc exp run -S train.gpus={max(visible, 1)}`)")
+            raise DeviceUnavailableError(f"train.gpus: {gpus} but {visible} CUDA device(s) are visible; set "
+                                         f"train.gpus to at most {max(visible, 1)} "
+                                         f"(e.g. `dvc exp run -S train.gpus={max(visible, 1)}`)")
     cmd = torchrun_command(gpus, module, argv)
     log.info("train.gpus=%d: %s", gpus, " ".join(cmd))
     return subprocess.run(cmd, check=False).returncode

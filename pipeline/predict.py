@@ -11,23 +11,27 @@ The model is built once (generator + classifier) and applied to every image.
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import json
-import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from pipeline.builder import ReadyClassifier, build_classifier, build_generator, classify_image
 from pipeline.data.formats import atomic_path, bbox_of, read_image, write_json, write_panoptic_png
 from pipeline.data.vocab import Vocabulary, load_packaged_vocabulary, vocabulary_from_names
+from pipeline.errors import CheckpointError, FovsegError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class PredictError(ValueError):
+class PredictError(FovsegError, ValueError):
     """Bad predict input: names the argument and what to do."""
 
 
@@ -67,8 +71,6 @@ def resolve_vocabulary(classes: str | None, stuff: str | None, vocab: str | None
     stuff_names = [n for n in (stuff or "").split(",") if n.strip()]
     v = vocabulary_from_names(things + stuff_names, "predict")
     stuff_set = {n.strip().lower() for n in stuff_names}
-    from dataclasses import replace
-
     return Vocabulary(v.name, tuple(replace(c, isthing=c.name.lower() not in stuff_set) for c in v.classes))
 
 
@@ -78,13 +80,43 @@ def packaged_vocabularies() -> list[str]:
     return sorted(p.name[:-5] for p in (resources.files("pipeline") / "vocab").iterdir() if p.name.endswith(".json"))
 
 
-def check_output_dir(out: Path) -> None:
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def writable_dir(text: str) -> str:
+    """argparse type: a folder we can create and write into, checked before any model is built."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
     except OSError as exc:
-        raise PredictError(f"--out {out}: cannot create it ({exc.strerror}); choose a writable folder") from None
-    if not os.access(out, os.W_OK):
-        raise PredictError(f"--out {out} is not writable; choose a writable folder")
+        raise argparse.ArgumentTypeError(f"cannot write to {path} ({exc.strerror or exc}); choose another "
+                                         "folder") from None
+    return text
+
+
+def default_paths_from_dvc_yaml(args: argparse.Namespace) -> None:
+    """``--backbones`` / ``--checkpoint`` default to where dvc.yaml (in the current folder) puts them."""
+    from pipeline.dvcfile import stage_argument
+
+    if args.backbones is not None and (args.checkpoint is not None or getattr(args, "zero_shot", False)):
+        return
+    if not Path("dvc.yaml").is_file():
+        raise FovsegError("no dvc.yaml here to find the pipeline's outputs: run from the repository root or pass "
+                          "--backbones and --checkpoint")
+    if args.backbones is None:
+        args.backbones = stage_argument("dvc.yaml", "backbones", "--out")
+    if args.checkpoint is None:
+        args.checkpoint = str(Path(stage_argument("dvc.yaml", "train", "--out")) / "model.pt")
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -168,70 +200,49 @@ def _legend_text(s: dict, vocab: Vocabulary) -> str:
     return f"{vocab.classes[s['label']].name} {s['score']:.2f}"
 
 
-# ----------------------------------------------------------------------------- model (until pipeline.builder)
+# ----------------------------------------------------------------------------- model
 @dataclass
 class Segmenter:
-    """Generator + classifier + text embeddings, built once; ``__call__(image)`` -> (id map, segments, semantic)."""
+    """Generator + classifier + text embeddings, built once; ``__call__(image)`` -> (id map, segments, semantic,
+    number of proposals)."""
 
-    generator: object
-    model: torch.nn.Module
+    generator: Callable
+    ready: ReadyClassifier
     text: torch.Tensor
     is_thing: torch.Tensor
-    short_side: int
-    max_side: int
+    size: tuple[int, int]  # test-time resize (short side, max side) of the classifier input
     object_threshold: float
     overlap_threshold: float
-    device: torch.device
 
-    @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, list[dict], np.ndarray, int]:
         from models.inference import panoptic_inference, semantic_inference
-        from pipeline.evaluation import classifier_input_size
 
-        props = self.generator([image])[0]
-        h, w = image.shape[:2]
-        masks = torch.from_numpy(props.masks)
-        if len(masks) == 0:
-            return np.zeros((h, w), np.int32), [], np.full((h, w), -1, np.int64), 0
-        size = classifier_input_size(h, w, self.short_side, self.max_side, self.model.visual.patch_size)
-        logits = self.model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].to(self.device),
-                                   masks[None].to(self.device), self.text, size=size)["logits"][0]
-        probs = logits.float().softmax(-1).cpu()
-        obj = torch.from_numpy(props.scores)
-        id_map, segs = panoptic_inference(probs, masks.float(), obj, self.is_thing, self.object_threshold,
-                                          self.overlap_threshold)
-        semantic = semantic_inference(probs, masks.float(), obj)
+        with torch.inference_mode():
+            props = self.generator([image])[0]
+            h, w = image.shape[:2]
+            masks = torch.from_numpy(props.masks)
+            if len(masks) == 0:
+                return np.zeros((h, w), np.int32), [], np.full((h, w), -1, np.int64), 0
+            probs = classify_image(self.ready, image, masks, self.text, self.size)
+            obj = torch.from_numpy(props.scores)
+            id_map, segs = panoptic_inference(probs, masks.float(), obj, self.is_thing, self.object_threshold,
+                                              self.overlap_threshold)
+            semantic = semantic_inference(probs, masks.float(), obj)
         return id_map.numpy(), segs, semantic.numpy(), len(props.masks)
 
 
 def build_segmenter(params, vocab: Vocabulary, backbones: str, checkpoint: str | None, threshold: float,
                     device: torch.device) -> Segmenter:
-    """Build from params and the backbones stage's outputs (swap for ``pipeline.builder`` once it lands)."""
-    from models.generators import Mask2FormerGenerator, build_mask2former
-    from pipeline.modeling import (
-        TEXT_CACHE_DIR,
-        load_checkpoint_weights,
-        prepare_classifier,
-        trained_weights_id,
-        vocabulary_embeddings,
-    )
-
-    gen_p, prop_p = params.backbones.generator, params.proposals
-    gen_name = gen_p.name if gen_p.source == "hub" else str(Path(backbones) / "mask2former")
-    generator = Mask2FormerGenerator(build_mask2former(gen_name), gen_p.image_size, prop_p.max_proposals,
-                                     prop_p.mask_threshold, prop_p.min_area, device)
-    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, backbones, device)
-    if checkpoint is not None:
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
-                                    "or use --zero-shot to classify with the pretrained CLIP alone")
-        load_checkpoint_weights(model, checkpoint)
-        weights_id = trained_weights_id(weights_id, checkpoint, params.model)
-    text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, TEXT_CACHE_DIR,
-                                 params.backbones.clip.model, weights_id, device)
-    return Segmenter(generator, model, text, torch.tensor([c.isthing for c in vocab.classes]),
-                     params.evaluate.test_short_side, params.evaluate.test_max_side, threshold,
-                     params.evaluate.overlap_threshold, device)
+    """Generator and classifier (``pipeline.builder``) from params and the backbones stage's outputs;
+    ``checkpoint`` None: the pretrained CLIP alone."""
+    generator = build_generator(params.backbones.generator, params.proposals, backbones, device)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
+                              "or use --zero-shot to classify with the pretrained CLIP alone")
+    ready = build_classifier(params.backbones.clip, params.model, backbones, device, checkpoint=checkpoint)
+    return Segmenter(generator, ready, ready.text_embeddings(vocab), torch.tensor([c.isthing for c in vocab.classes]),
+                     (params.evaluate.test_short_side, params.evaluate.test_max_side), threshold,
+                     params.evaluate.overlap_threshold)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -274,13 +285,11 @@ def run_predict(args) -> dict:
     from pipeline.config import load_params
     from pipeline.runtime import pick_device
 
-    if not 0.0 <= args.threshold <= 1.0:
-        raise PredictError(f"--threshold {args.threshold}: must be in [0, 1] (a segment score)")
     images = expand_inputs(args.inputs)
     vocab = resolve_vocabulary(args.classes, args.stuff, args.vocab)
     out = Path(args.out)
-    check_output_dir(out)
     params = load_params(args.params)
+    default_paths_from_dvc_yaml(args)
     device = pick_device(params.device)
     segmenter = build_segmenter(params, vocab, args.backbones, None if args.zero_shot else args.checkpoint,
                                 args.threshold, device)
@@ -299,11 +308,11 @@ def add_arguments(p) -> None:
     p.add_argument("--vocab", default=None, help="a packaged vocabulary instead of --classes: " +
                    ", ".join(packaged_vocabularies()))
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--backbones", default="outputs/backbones")
-    p.add_argument("--checkpoint", default="outputs/train/model.pt")
+    p.add_argument("--backbones", default=None, help="default: the backbones stage's --out in ./dvc.yaml")
+    p.add_argument("--checkpoint", default=None, help="default: model.pt in the train stage's --out in ./dvc.yaml")
     p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
-    p.add_argument("--threshold", type=float, default=0.3, help="minimum segment score, in [0, 1]")
-    p.add_argument("--out", default="predictions")
+    p.add_argument("--threshold", type=unit_interval, default=0.3, help="minimum segment score, in [0, 1]")
+    p.add_argument("--out", type=writable_dir, default="predictions")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

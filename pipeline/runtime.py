@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.config import ParamsError
 from pipeline.data.formats import write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,14 +25,19 @@ def setup_logging() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
+class DeviceUnavailableError(ParamsError):
+    """params ask for a device this machine does not have."""
+
+
 def pick_device(choice: str = "auto") -> torch.device:
     """``cuda`` (the paper preset) stops with a clear message when no GPU is visible; ``auto`` uses CUDA when
     there is one and otherwise warns that it runs on CPU (the toy preset); ``cpu`` forces CPU."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda (the paper preset) but no CUDA device is visible (no GPU, no driver, or a "
-                           "CPU-only torch build). Run on a GPU machine, or force CPU explicitly with "
-                           "`dvc exp run -S device=cpu` / `device: cpu` in params.yaml (the paper preset then "
-                           "takes days)")
+        raise DeviceUnavailableError("device: 'cuda' requested but no CUDA device is visible (no GPU, no driver, "
+                                     "or a CPU-only torch build; check `nvidia-smi` and "
+                                     "CUDA_VISIBLE_DEVICES). Run on a GPU machine, or force CPU explicitly with "
+                                     "`dvc exp run -S device=cpu` / `device: cpu` in params.yaml (the paper preset "
+                                     "then takes days)")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
         if choice == "cpu":

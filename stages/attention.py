@@ -50,12 +50,8 @@ def main(args, params: Params) -> dict:
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--benchmark", required=True)
-    ap.add_argument("--backbones", default="outputs/backbones")
-    ap.add_argument("--checkpoint", default="outputs/train/model.pt")
-    ap.add_argument("--out", default="outputs/attention")
-    ap.add_argument("--n", type=int, default=3)
+    ap = parser(__doc__, "benchmark", "backbones", "checkpoint", "out")
+    ap.add_argument("--n", type=int, default=3, help="how many images of the benchmark (default: 3)")
     ap.add_argument("--max-classes", type=int, default=4)
     return ap
 

@@ -1,8 +1,8 @@
 """Stage `download`: fetch and prepare the datasets named in ``data.download`` (toy: generate it).
 
 Writes ``--manifest`` (what was fetched, verified or generated) that later stages depend on.
-``--check`` downloads nothing: it lists each dataset as present / partial / missing, whether it needs a
-licence click or login (do those first), and how big the download and the prepared folder are.
+``--check`` downloads nothing and writes no manifest: it lists each dataset as present / partial / missing,
+whether it needs a licence click or login (do those first), and how big the download and the prepared folder are.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def build_parser():
     ap = parser(__doc__)
     ap.add_argument("--root", default=None, help="dataset root (default: data.root, $DETECTRON2_DATASETS, datasets/)")
     ap.add_argument("--datasets", nargs="*", default=None, help="override data.download")
-    ap.add_argument("--manifest", default="outputs/datasets.json")
+    ap.add_argument("--manifest", required=True)
     ap.add_argument("--check", action="store_true", help="list present/missing datasets and sizes; download nothing")
     return ap
 

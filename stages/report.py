@@ -17,11 +17,7 @@ def main(args, params: Params) -> dict:
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--metrics", default="metrics")
-    ap.add_argument("--out", default="reports")
-    ap.add_argument("--attention", default=None, help="folder the attention stage wrote (Fig. 6), optional")
-    return ap
+    return parser(__doc__, "metrics", "out", "attention")  # --attention: the attention stage's folder (Fig. 6)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,20 @@
-"""Shared fixtures: a small generated toy world and the shared COCO-panoptic sample."""
+"""Shared fixtures: a small generated toy world and the COCO-panoptic sample in tests/fixtures."""
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+# the text-embedding cache lives outside the repository (pipeline.builder.text_cache_dir); tests use a fresh one
+os.environ.setdefault("FOVSEG_CACHE", tempfile.mkdtemp(prefix="fovseg-test-cache-"))
 REPO = Path(__file__).resolve().parents[1]
 
-def _shared_dir() -> Path:
-    """``$FOVSEG_SHARED``, else the ``shared/`` folder beside the checkout (as CI lays it out)."""
-    if os.environ.get("FOVSEG_SHARED"):
-        return Path(os.environ["FOVSEG_SHARED"])
-    for parent in REPO.parents:
-        if (parent / "shared" / "data").is_dir():
-            return parent / "shared"
-    return REPO.parent / "shared"
-
-
-SHARED = _shared_dir()
-COCO_SAMPLE = SHARED / "data" / "coco_panoptic_sample"
+FIXTURES = REPO / "tests" / "fixtures"
+COCO_SAMPLE = FIXTURES / "coco_panoptic_sample"  # two COCO val2017 images, see its LICENSE.md
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +29,33 @@ def toy_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def coco_root(tmp_path_factory) -> Path:
-    """The shared sample arranged in the detectron2 layout as coco_panoptic_val."""
-    if not COCO_SAMPLE.is_dir():
-        pytest.fail(f"shared COCO sample not found at {COCO_SAMPLE}; set FOVSEG_SHARED")
+    """The fixture sample arranged in the detectron2 layout as coco_panoptic_val."""
     root = tmp_path_factory.mktemp("coco")
     (root / "coco" / "annotations").mkdir(parents=True)
     shutil.copytree(COCO_SAMPLE / "images", root / "coco" / "val2017")
     shutil.copytree(COCO_SAMPLE / "panoptic", root / "coco" / "panoptic_val2017")
     shutil.copy(COCO_SAMPLE / "panoptic.json", root / "coco" / "annotations" / "panoptic_val2017.json")
     return root
+
+
+def run_recipe(model, train_set, text_fn, *, out_dir, iterations: int, batch_size: int = 2, lr: float = 1e-3,
+               weight_decay: float = 0.05, backbone_lr_mult: float = 0.1, warmup_iters: int = 0,
+               schedule: str = "constant", checkpoint_every: int = 10, loss_weights: dict | None = None,
+               amp: bool = False, seed: int = 0, device=None, config: dict | None = None, generator_tuner=None) -> dict:
+    """Train ``model`` with the pipeline's TrainingRecipe from a few explicit knobs (tests only)."""
+    import dataclasses
+
+    import torch
+
+    from pipeline.config import LossWeights, TrainParams
+    from pipeline.training import TrainingRecipe
+
+    lw = loss_weights or {"ce": 2.0, "fiser": 1.0}
+    cfg = dataclasses.replace(TrainParams(), iterations=iterations, batch_size=batch_size, lr=lr,
+                              weight_decay=weight_decay, backbone_lr_mult=backbone_lr_mult, warmup_iters=warmup_iters,
+                              schedule=schedule, checkpoint_every=checkpoint_every, amp=amp,
+                              loss_weights=dataclasses.replace(LossWeights(), **lw))
+    recipe = TrainingRecipe(model, train_set, text_fn, cfg, seed=seed, device=device or torch.device("cpu"),
+                            checkpoint_dir=out_dir, identity=config or {}, generator_tuner=generator_tuner)
+    recipe.setup()
+    return recipe.train()

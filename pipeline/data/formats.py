@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from pipeline.errors import DatasetError  # noqa: F401  (re-exported)
 
 
-class DatasetError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent; the message names the file."""
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0666 minus the process umask (0644 typically)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextmanager
@@ -29,6 +34,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, default_file_mode())  # mkstemp makes 0600; a shared dataset root needs the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -62,15 +68,52 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], axis=-1).astype(np.uint8)
 
 
+PIXEL_LIMIT_ENV = "FOVSEG_MAX_IMAGE_PIXELS"  # raise Pillow's decompression-bomb limit; 0 = no limit
+
+
+def _apply_pixel_limit() -> None:
+    """Honour $FOVSEG_MAX_IMAGE_PIXELS (Pillow refuses images over twice its limit, ~179 Mpx by default)."""
+    raw = os.environ.get(PIXEL_LIMIT_ENV)
+    if raw is None:
+        return
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise DatasetError(f"${PIXEL_LIMIT_ENV} must be a whole number of pixels (0 = no limit), got {raw!r}") from None
+    Image.MAX_IMAGE_PIXELS = limit if limit > 0 else None
+
+
+def _bomb_error(path: Path, exc: Exception) -> DatasetError:
+    return DatasetError(f"image {path} is too large to open safely ({exc}); if the file is trusted, allow it with "
+                        f"{PIXEL_LIMIT_ENV}=<pixels> (0 = no limit) or downscale it")
+
+
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    """HxWx3 uint8: 16/32-bit integer images are scaled from 0..65535 (not clipped); float images from 0..1."""
+    if im.mode.startswith("I"):
+        arr = np.asarray(im).astype(np.float64)
+        top = 65535.0 if arr.max(initial=0) <= 65535 else float(arr.max())
+        gray = np.clip(np.rint(arr / top * 255), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if im.mode == "F":
+        gray = np.clip(np.rint(np.asarray(im) * 255), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.array(im.convert("RGB"))
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 HxWx3; a missing, truncated or corrupt file raises DatasetError naming it."""
+    """RGB uint8 HxWx3, upright (EXIF orientation applied); a missing, truncated, corrupt or oversized file raises
+    DatasetError naming it."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"missing image {path}")
+    _apply_pixel_limit()
     try:
         with Image.open(path) as im:
             im.load()
-            return np.array(im.convert("RGB"))
+            return _to_rgb8(ImageOps.exif_transpose(im))
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(path, exc) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"cannot decode image {path} ({exc}); the file is truncated or corrupt: "
                            "re-download or re-prepare the dataset") from None
@@ -86,9 +129,12 @@ def read_panoptic_png(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"missing panoptic png {path}")
+    _apply_pixel_limit()
     try:
         with Image.open(path) as im:
             return rgb_to_id(np.asarray(im.convert("RGB")))
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(path, exc) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"cannot decode panoptic png {path} ({exc})") from None
 
@@ -103,9 +149,12 @@ def read_label_map(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"missing label map {path}")
+    _apply_pixel_limit()
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(path, exc) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"cannot decode label map {path} ({exc})") from None
     if arr.ndim != 2:

@@ -59,6 +59,41 @@ def semantic_from_panoptic(id_map: np.ndarray, segments: list[Segment], ignore_l
     return sem
 
 
+def _require(cond: bool, path: Path, where: str, msg: str) -> None:
+    if not cond:
+        raise DatasetError(f"{path}: {where} {msg}; the annotation file is malformed: re-download or re-prepare "
+                           "the dataset")
+
+
+def validate_panoptic_json(ann: object, path: Path) -> None:
+    """A COCO-panoptic json: an object whose ``annotations`` list holds ``image_id``, ``file_name`` and
+    ``segments_info`` (each segment with ``id`` and ``category_id``); DatasetError names the file and field."""
+    _require(isinstance(ann, dict), path, "top level:", f"expected a json object, got a {type(ann).__name__}")
+    _require(isinstance(ann.get("annotations", []), list), path, "annotations:", "expected a list")
+    _require(isinstance(ann.get("images", []), list), path, "images:", "expected a list")
+    for i, im in enumerate(ann.get("images", [])):
+        _require(isinstance(im, dict) and "id" in im, path, f"images[{i}].id", "is missing")
+    for i, a in enumerate(ann.get("annotations", [])):
+        _require(isinstance(a, dict), path, f"annotations[{i}]:", f"expected an object, got {type(a).__name__}")
+        for key in ("image_id", "file_name", "segments_info"):
+            _require(key in a, path, f"annotations[{i}].{key}", "is missing")
+        _require(isinstance(a["segments_info"], list), path, f"annotations[{i}].segments_info", "is not a list")
+        for j, s in enumerate(a["segments_info"]):
+            for key in ("id", "category_id"):
+                _require(isinstance(s, dict) and key in s, path, f"annotations[{i}].segments_info[{j}].{key}",
+                         "is missing")
+                _require(isinstance(s[key], int) and not isinstance(s[key], bool), path,
+                         f"annotations[{i}].segments_info[{j}].{key}", f"is {s[key]!r}, not an integer")
+
+
+def check_images_evaluated(benchmark: str, n_evaluated: int, stats: Counter) -> None:
+    """Zero evaluated images is an error (not PQ 0.0 with exit 0): every image was skipped or none exist."""
+    if n_evaluated == 0:
+        raise DatasetError(f"no image of {benchmark} could be evaluated ({stats.get('skipped', 0)} skipped as "
+                           "unreadable, see the warnings above); check the dataset (re-download or re-prepare it) "
+                           "and evaluate.max_images")
+
+
 class BenchmarkDataset:
     """Indexable, lazy view of one benchmark split under a dataset root."""
 
@@ -70,7 +105,9 @@ class BenchmarkDataset:
         self._thing = {c.id: c.isthing for c in self.vocab.classes}
         image_dir = self.root / bench.image_dir
         if bench.task == "panoptic":
-            ann = read_json(self.root / bench.panoptic_json, hint=f"fetch or prepare it with `{bench.fetch_command}`")
+            json_path = self.root / bench.panoptic_json
+            ann = read_json(json_path, hint=f"fetch or prepare it with `{bench.fetch_command}`")
+            validate_panoptic_json(ann, json_path)
             self._annotations = sorted(ann.get("annotations", []), key=lambda a: str(a["image_id"]))
             images = {str(im["id"]): im for im in ann.get("images", [])}
             self._files = [images.get(str(a["image_id"]), {}).get("file_name") or

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.data.vocab import Vocabulary, load_packaged_vocabulary
+from pipeline.errors import UnknownBenchmarkError
 
 DEFAULT_ROOT = "datasets"
 
@@ -43,6 +44,13 @@ def _coco(split: str) -> Benchmark:
         panoptic_dir=f"coco/panoptic_{split}2017", semantic_dir=f"coco/panoptic_semseg_{split}2017")
 
 
+def _coco_stuff(split: str) -> Benchmark:
+    """COCO-Stuff-164k, semantic only (171 classes, 255 ignore), prepared by pipeline.data.coco_stuff."""
+    return Benchmark(
+        name=f"coco_stuff_{split}", task="semantic", vocab="coco_stuff_171", dataset="coco_stuff",
+        image_dir=f"coco/{split}2017", semantic_dir=f"coco/stuffthingmaps_detectron2/{split}2017")
+
+
 def _toy(name: str, split: str, vocab: str, task: Literal["panoptic", "semantic"]) -> Benchmark:
     pan = task == "panoptic"
     return Benchmark(
@@ -54,6 +62,8 @@ def _toy(name: str, split: str, vocab: str, task: Literal["panoptic", "semantic"
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     _coco("train"),
     _coco("val"),
+    _coco_stuff("train"),
+    _coco_stuff("val"),
     Benchmark("ade20k_150", "panoptic", "ade20k_150", "ade20k", "ADEChallengeData2016/images/validation",
               panoptic_json="ADEChallengeData2016/ade20k_panoptic_val.json",
               panoptic_dir="ADEChallengeData2016/ade20k_panoptic_val",
@@ -77,14 +87,15 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
 ]}
 
 # Dataset keys the download stage understands (see pipeline.data.download.DATASETS).
-DOWNLOADABLE = ("toy", "coco", "ade20k", "ade20k_full", "pascal_context", "mapillary_vistas")
+DOWNLOADABLE = ("toy", "coco", "ade20k", "ade20k_full", "pascal_context", "mapillary_vistas", "coco_stuff")
 
 
 def get_benchmark(name: str) -> Benchmark:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        raise KeyError(f"unknown benchmark {name!r}; valid benchmarks: {', '.join(sorted(BENCHMARKS))}") from None
+        raise UnknownBenchmarkError(
+            f"unknown benchmark {name!r}; valid benchmarks: {', '.join(sorted(BENCHMARKS))}") from None
 
 
 def dataset_root(root: str | Path | None = None) -> Path:

@@ -14,7 +14,7 @@ def _clip_image_embedding(clip, model: FOVSeg, images):
     return clip.encode_image(model.preprocess(images))
 
 
-@pytest.mark.parametrize("teva", [TevaConfig(False, False), TevaConfig(True, True)])
+@pytest.mark.parametrize("teva", [TevaConfig(False, True), TevaConfig(True, True)])
 def test_full_mask_token_is_clip_image_embedding_tiny(tiny_clip, teva):
     clip, _ = tiny_clip
     model = make_fovseg(clip, teva=teva)
@@ -32,7 +32,7 @@ def test_full_mask_token_is_clip_image_embedding_vit_b16():
     torch.manual_seed(0)
     clip, _ = build_clip("ViT-B-16", allow_random=True)
     clip.eval()
-    model = FOVSeg(copy.deepcopy(clip), teva=TevaConfig(False, False), adapter_layers=0).eval()
+    model = FOVSeg(copy.deepcopy(clip), teva=TevaConfig(False, True), adapter_layers=0).eval()
     images = torch.rand(1, 3, 224, 224) * 255
     with torch.no_grad():
         out = model.visual(model.preprocess(images), torch.ones(1, 2, 224, 224))
@@ -40,35 +40,58 @@ def test_full_mask_token_is_clip_image_embedding_vit_b16():
     assert (out["mask_embeds"][0] - ref).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("teva", [TevaConfig(False, False), TevaConfig(True, True)])
-def test_mask_token_ignores_tokens_outside_its_mask(tiny_clip, teva):
-    """In every block a mask token reads only [CLS] and the patches its mask touches.
+def _randomise_new_modules(model):
+    torch.manual_seed(1)
+    for block in model.visual.blocks:  # give TeVA and the adapter a non-zero effect
+        if block.teva is not None:
+            torch.nn.init.normal_(block.teva.g_v.weight, std=0.2)
+    if model.visual.adapter is not None:
+        torch.nn.init.normal_(model.visual.adapter.net[-1].weight, std=0.5)
+
+
+def _top_left_mask():
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[..., :30, :27] = 1  # touches exactly the top-left 4x4 patches (patch 8), some only partly
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[:4, :4] = False
+    return masks, torch.cat([torch.tensor([False]), outside.flatten()])
+
+
+@pytest.mark.parametrize("teva", [TevaConfig(False, True), TevaConfig(True, True), TevaConfig(True, False)])
+@pytest.mark.parametrize("adapter_layers", [0, 2])
+def test_mask_token_ignores_tokens_outside_its_mask(tiny_clip, teva, adapter_layers):
+    """Eq. 11 with or without the adapter: in every block a mask token reads only [CLS] and the patches
+    its mask touches (MaskCLIP's baseline also itself).
 
     (End to end, pixels outside a mask still reach it through the image tokens, which keep plain
     CLIP self-attention by design; so the invariance is checked where it holds: at each block, and
     for the first block's input pixels.)"""
     clip, _ = tiny_clip
-    model = make_fovseg(clip, teva=teva)
-    torch.manual_seed(1)
-    for block in model.visual.blocks:  # give TeVA a non-zero effect
-        if block.teva is not None:
-            torch.nn.init.normal_(block.teva.g_v.weight, std=0.2)
-    masks = torch.zeros(1, 1, 64, 64)
-    masks[..., :32, :32] = 1  # exactly the top-left 4x4 patches (patch 8)
-    bias = model.visual.mask_bias(masks, (8, 8))
-    outside = torch.ones(8, 8, dtype=torch.bool)
-    outside[:4, :4] = False
-    outside = torch.cat([torch.tensor([False]), outside.flatten()])
+    model = make_fovseg(clip, teva=teva, adapter_layers=adapter_layers)
+    _randomise_new_modules(model)
+    masks, outside = _top_left_mask()
+    with torch.no_grad():
+        bias = model.visual.mask_bias(masks, (8, 8))
+    assert torch.isneginf(bias[0, 0, 0, outside]).all()
+    assert torch.isfinite(bias[0, 0, 0, ~outside]).all()
     text = F.normalize(torch.randn(4, model.embed_dim), dim=-1)
     x = torch.randn(1, 65, 96)
     m = torch.randn(1, 1, 96)
     y = x.clone()
     y[:, outside] = torch.randn(1, int(outside.sum()), 96)
     with torch.no_grad():
+        kv = model.visual.target_keys_values(text[None])
         for block in model.visual.blocks:
-            _, ma = block(x, m, bias, text)
-            _, mb = block(y, m, bias, text)
+            _, ma = block(x, m, bias, kv.get(id(block.teva)))
+            _, mb = block(y, m, bias, kv.get(id(block.teva)))
             assert torch.allclose(ma, mb, atol=1e-6)
+            assert not torch.allclose(ma, m)
+            # the mask token's attention weights over the image tokens: exactly 0 outside the mask
+            hx = block.ln_1(x)
+            q = block.attn._heads(block.attn.q_proj(block.ln_1(m)))
+            k, _ = block.attn.keys_values(hx)
+            w = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias).softmax(-1)
+            assert (w[..., outside] == 0).all() and torch.allclose(w.sum(-1), torch.ones(()))
         # first-layer pixels: changing pixels outside the mask changes no patch the mask token reads in block 0
         images = torch.rand(1, 3, 64, 64) * 255
         changed = images.clone()
@@ -76,6 +99,37 @@ def test_mask_token_ignores_tokens_outside_its_mask(tiny_clip, teva):
         xa = model.visual.conv1(model.preprocess(images)).flatten(2)
         xb = model.visual.conv1(model.preprocess(changed)).flatten(2)
         assert torch.equal(xa.reshape(96, 8, 8)[:, :4, :4], xb.reshape(96, 8, 8)[:, :4, :4])
+
+
+def test_adapter_only_reweights_inside_the_mask(tiny_clip):
+    """With the adapter the visible patches get log-probability weights (not all equal); without it 0/-inf;
+    the set of visible patches is the same (the raw mask decides, Table IV(f)'s 0 row changes only this)."""
+    clip, _ = tiny_clip
+    masks, outside = _top_left_mask()
+    soft = make_fovseg(clip, adapter_layers=2)
+    _randomise_new_modules(soft)
+    hard = make_fovseg(clip, adapter_layers=0)
+    with torch.no_grad():
+        b_soft = soft.visual.mask_bias(masks, (8, 8))[0, 0, 0]
+        b_hard = hard.visual.mask_bias(masks, (8, 8))[0, 0, 0]
+    assert torch.equal(torch.isneginf(b_soft), torch.isneginf(b_hard))
+    assert set(b_hard[~outside].tolist()) == {0.0}
+    assert b_soft[1:][~outside[1:]].std() > 0
+    assert (b_soft[~outside] <= 0).all()
+
+
+def test_adapter_channels_last_gives_the_same_output():
+    from models.adapter import DistributionAdapter
+
+    torch.manual_seed(0)
+    adapter = DistributionAdapter(2, 16)
+    torch.nn.init.normal_(adapter.net[-1].weight)
+    masks = torch.rand(2, 3, 20, 24).round()
+    with torch.no_grad():
+        got = adapter(masks)
+        p = masks.reshape(6, 1, 20, 24).clamp(1e-4, 1 - 1e-4)
+        ref = torch.sigmoid(torch.log(p) - torch.log1p(-p) + adapter.net(p)).reshape(2, 3, 20, 24)
+    assert torch.allclose(got, ref, atol=1e-6)
 
 
 def test_image_tokens_do_not_see_mask_tokens(tiny_clip):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -29,3 +30,85 @@ def test_images_without_classes_add_nothing():
     assert loss.item() == 0.0
     loss = fiser_loss(pred, text, [[], [2]], torch.randn(2, 4, 16))
     assert torch.isfinite(loss)
+
+
+# --- text_encoder variant (eqs. 1-6 through CLIP's text transformer)
+NAMES = ["cat", "dog", "traffic light", "sky", "potted plant", "wall", "fire hydrant"]
+
+
+def _text_model(tiny_clip):
+    from tests.models.conftest import make_fovseg
+
+    clip, tokenizer = tiny_clip
+    model = make_fovseg(clip, fiser_layers=1)
+    model.set_label_names(NAMES, tokenizer)
+    return model, tokenizer
+
+
+def test_label_sequence_is_clip_tokenisation_of_the_joined_names(tiny_clip):
+    from models.fiser import build_label_sequence, label_tokens
+
+    _, tokenizer = tiny_clip
+    toks = label_tokens(tokenizer, NAMES)
+    seq, pos = build_label_sequence(toks, [0, 2, 3], 1, 16)
+    ref = tokenizer(["cat, traffic light, sky"])[0]
+    assert seq == ref[: len(seq)].tolist() and int(ref[len(seq):].abs().sum()) == 0
+    assert [seq[p] for p in pos] == list(toks.names[2]) and len(pos) == 2  # "traffic light" = 2 BPE tokens
+
+
+def test_sequences_longer_than_the_context_drop_other_labels_never_the_masked_one(tiny_clip):
+    from models.fiser import build_label_sequence, label_tokens
+
+    _, tokenizer = tiny_clip
+    toks = label_tokens(tokenizer, NAMES)
+    labels = list(range(7))  # 7 names + separators exceed the tiny tower's 16 tokens
+    for masked in range(7):
+        seq, pos = build_label_sequence(toks, labels, masked, 16)
+        assert len(seq) <= 16 and seq[0] == toks.sot and seq[-1] == toks.eot
+        assert [seq[p] for p in pos] == list(toks.names[masked])
+    seq, _ = build_label_sequence(toks, labels, 0, 16)
+    assert seq == tokenizer(["cat, dog, traffic light, sky, potted plant, wall"])[0][: len(seq)].tolist()
+
+
+def test_text_fiser_loss_unchanged_by_padding_to_a_larger_kmax(tiny_clip):
+    from models.fiser import fiser_text_loss, pad_class_sets
+
+    model, _ = _text_model(tiny_clip)
+    torch.manual_seed(0)
+    text = F.normalize(torch.randn(7, model.embed_dim), dim=-1)
+    tokens = torch.randn(1, 16, model.embed_dim)
+    with torch.no_grad():
+        alone = fiser_text_loss(model.fiser, model.clip, text, [[1, 4, 6]], tokens, masked_index=torch.tensor([1]))
+        sets = [[1, 4, 6], [0, 2, 3, 5, 6]]  # K_max 5, a longer label sequence (padded after [EOT])
+        both = torch.cat([tokens, torch.randn(1, 16, model.embed_dim)])
+        emb, valid = pad_class_sets(text, sets)
+        logits = model.fiser(model.clip, emb, valid, sets, torch.tensor([1, 0]), both)
+    per_image = F.cross_entropy(logits, torch.tensor([1, 0]), reduction="none")
+    assert torch.allclose(per_image[0], alone, atol=1e-5)
+    assert torch.isinf(logits[0, 3:]).all() and torch.isfinite(logits[1]).all()
+
+
+def test_text_fiser_gradients_reach_mask_token_and_predictor_not_frozen_text_weights(tiny_clip):
+    from models.trainable import select_trainable
+
+    model, _ = _text_model(tiny_clip)
+    select_trainable(model, "q")
+    text = F.normalize(torch.randn(7, model.embed_dim), dim=-1)
+    out = model(torch.rand(2, 3, 64, 64) * 255, torch.ones(2, 2, 64, 64), text,
+                fiser_class_sets=[[0, 2, 5], [3]], class_sets=[[0, 2, 5], [3]])
+    out["loss_fiser"].backward()
+    fiser = dict(model.fiser.named_parameters())
+    assert fiser["mask_token"].grad is not None and fiser["mask_token"].grad.abs().sum() > 0
+    assert all(p.grad is not None for n, p in fiser.items() if n != "mask_token")
+    assert all(p.grad is None for p in model.clip.parameters())
+    assert model.visual.blocks[0].attn.q_proj.weight.grad.abs().sum() > 0  # through P (patch embeddings)
+
+
+def test_text_fiser_needs_the_label_names(tiny_clip):
+    from tests.models.conftest import make_fovseg
+
+    clip, _ = tiny_clip
+    model = make_fovseg(clip, fiser_layers=1)
+    with pytest.raises(RuntimeError, match="set_label_names"):
+        model(torch.rand(1, 3, 64, 64) * 255, torch.ones(1, 1, 64, 64), F.normalize(torch.randn(3, 64), dim=-1),
+              fiser_class_sets=[[0, 1]])

@@ -17,13 +17,14 @@ NEW = [r"\.teva\.", r"^visual\.adapter\.", r"^fiser\."]
 
 
 def _loss(model, fiser=True):
-    from models.fiser import fiser_loss
-
     text = F.normalize(torch.randn(4, model.embed_dim), dim=-1)
-    out = model(torch.rand(2, 3, 64, 64) * 255, torch.rand(2, 3, 64, 64).round(), text)
+    model.set_label_names(["cat", "dog", "traffic light", "sky"])
+    sets = [[0, 1], [2]]
+    out = model(torch.rand(2, 3, 64, 64) * 255, torch.rand(2, 3, 64, 64).round(), text,
+                fiser_class_sets=sets if fiser else None, class_sets=sets)
     loss = out["logits"].logsumexp(-1).mean() + out["patch_embeds"].mean()
     if fiser:
-        loss = loss + fiser_loss(model.fiser, text, [[0, 1], [2]], out["patch_embeds"])
+        loss = loss + out["loss_fiser"]
     return loss
 
 
@@ -66,7 +67,7 @@ def test_lora_trains_only_adapters_and_grows_with_rank(tiny_clip):
     clip, _ = tiny_clip
     counts = []
     for rank in (4, 8, 16):
-        model = make_fovseg(clip, teva=TevaConfig(False, False))
+        model = make_fovseg(clip, teva=TevaConfig(False, True))
         names = select_trainable(model, f"lora:{rank}")
         assert names and all("lora_" in n for n in names)
         counts.append(count_parameters(model)["trainable"])

@@ -125,15 +125,16 @@ def test_preset_switch_never_loses_edits(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_backbones, tmp_path_factory):
+    from pipeline.builder import build_classifier
+    from pipeline.checkpoints import save_checkpoint
     from pipeline.config import load_params
-    from pipeline.modeling import prepare_classifier
 
     params = load_params(REPO / "params.yaml")
-    model, _, _ = prepare_classifier(params.backbones.clip, params.model, tiny_backbones)
+    model = build_classifier(params.backbones.clip, params.model, tiny_backbones, "cpu").model
     with torch.no_grad():  # a "trained" model that differs from the original CLIP
         model.visual.blocks[-1].attn.q_proj.weight.mul_(1.5)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save({"model": model.state_dict()}, path)
+    save_checkpoint({"model": model.state_dict()}, path)
     return path
 
 
@@ -154,7 +155,7 @@ def test_attention_writes_original_vs_trained_maps(tiny_backbones, tiny_checkpoi
     models = load_models(params, str(tiny_backbones), str(tiny_checkpoint),
                          resolve_vocabulary("sky, grass, red circle", None, None), torch.device("cpu"))
     from pipeline.attention import patch_class_maps
-    from pipeline.evaluation import classifier_input_size
+    from pipeline.builder import classifier_input_size
 
     img = read_image(image)
     size = classifier_input_size(*img.shape[:2], params.evaluate.test_short_side, params.evaluate.test_max_side,

@@ -9,7 +9,7 @@ import torch
 
 from pipeline import launch
 from pipeline.config import load_params
-from pipeline.runtime import pick_device
+from pipeline.runtime import DeviceUnavailableError, pick_device
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_paper_preset_without_cuda_stops_with_a_clear_message(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert load_params(REPO / "pipeline" / "presets" / "paper.yaml").device == "cuda"
-    with pytest.raises(RuntimeError, match="device=cpu"):
+    with pytest.raises(DeviceUnavailableError, match="device=cpu"):
         pick_device("cuda")
     assert pick_device("cpu").type == "cpu"  # explicitly forced
 
@@ -44,5 +44,5 @@ def test_train_gpus_relaunches_under_torchrun(monkeypatch):
 def test_train_gpus_beyond_visible_devices_is_refused(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="train.gpus"):
+    with pytest.raises(DeviceUnavailableError, match="train.gpus"):
         launch.relaunch_under_torchrun(8, "cuda", "stages.train", [])

@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_download_check_lists_present_missing_and_sizes_without_downloading(tmp_path, capsys):
     (tmp_path / "ADEChallengeData2016/images/validation").mkdir(parents=True)
     result = run(download.main, download.build_parser(), [
-        "--check", "--params", str(REPO / "pipeline/presets/paper.yaml"), "--root", str(tmp_path),
+        "--check", "--manifest", str(tmp_path / "datasets.json"), "--params", str(REPO / "pipeline/presets/paper.yaml"),
+        "--root", str(tmp_path),
         "--datasets", "coco", "ade20k", "mapillary_vistas"])
     rows = {r["dataset"]: r for r in result["check"]}
     assert rows["ade20k"]["status"] == "present" and rows["coco"]["status"] == "missing"
@@ -21,6 +22,7 @@ def test_download_check_lists_present_missing_and_sizes_without_downloading(tmp_
     out = capsys.readouterr().out
     assert "mapillary_vistas (do this first)" in out and "still needed" in out
     assert not (tmp_path / "downloads").exists() and not (tmp_path / "coco").exists()  # nothing fetched
+    assert not (tmp_path / "datasets.json").exists()  # nor any manifest written
 
 
 def test_prefetch_builds_each_hub_backbone_once(monkeypatch):

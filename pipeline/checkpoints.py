@@ -1,0 +1,92 @@
+"""Checkpoint files that say when they are damaged.
+
+:func:`save_checkpoint` writes atomically and stores a sha256 of the content (every tensor's bytes, dtype
+and shape, and every other value) under the key ``sha256``; :func:`load_checkpoint` recomputes it, so a
+bit flip is reported instead of loading silently, and a truncated file is one clear error naming the
+path and what to do. A checkpoint written before digests existed loads without the check.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.data.formats import atomic_path
+from pipeline.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+DIGEST_KEY = "sha256"
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 over a nested dict/list of tensors and plain values, independent of how it was serialised."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # buffer protocol: no copy
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"V{obj!r}".encode())
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """Atomically write ``obj`` with its content digest (umask file mode, unique temp name)."""
+    payload = {**obj, DIGEST_KEY: content_digest(obj)}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load (``weights_only``) and verify a checkpoint; raises :class:`CheckpointError` naming ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({str(exc).splitlines()[0]}); delete it "
+                              "and re-run the stage that writes it (`dvc repro train`)") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a checkpoint dict; delete it and "
+                              "re-run `dvc repro train`")
+    stored = obj.pop(DIGEST_KEY, None)
+    if stored is not None and stored != content_digest(obj):
+        raise CheckpointError(f"checkpoint {path} fails its sha256 check (the file changed after it was written: "
+                              "disk or copy error); delete it and re-run `dvc repro train`")
+    return obj
+
+
+def load_or_set_aside(path: str | Path, map_location: str | torch.device = "cpu") -> dict | None:
+    """A resume checkpoint: loaded if sound; if damaged, renamed to ``<name>.corrupt-<time>`` with a warning and
+    None returned, so the run starts over instead of blocking ``dvc repro`` until someone deletes it."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return load_checkpoint(path, map_location)
+    except CheckpointError as exc:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        log.warning("%s; set aside as %s, training starts over", exc, aside)
+        return None

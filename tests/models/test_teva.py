@@ -1,0 +1,167 @@
+"""TeVA: per-image targets (K_max padding), Table IV(i) variants, the vocabulary key/value cache, width/shared."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.mask_encoder import TevaConfig
+from tests.models.conftest import make_fovseg
+
+TEVA = TevaConfig(True, True)
+
+
+def _teva_model(clip, teva=TEVA, **kw):
+    model = make_fovseg(clip, teva=teva, adapter_layers=2, **kw)
+    torch.manual_seed(3)
+    for block in model.visual.blocks:
+        t = block.teva
+        if t is not None:
+            torch.nn.init.normal_(t.g_o.weight if t.g_o is not None else t.g_v.weight, std=0.3)
+    return model
+
+
+def _inputs(n_images=2, q=3):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(n_images, 3, 64, 64, generator=g) * 255
+    masks = (torch.rand(n_images, q, 8, 8, generator=g) > 0.6).float().repeat_interleave(8, -1).repeat_interleave(8, -2)
+    text = F.normalize(torch.randn(6, 64, generator=g), dim=-1)
+    return images, masks, text
+
+
+def test_image_targets_handle_1_and_kmax_classes_and_padding_changes_nothing(tiny_clip):
+    clip, _ = tiny_clip
+    model = _teva_model(clip)
+    images, masks, text = _inputs()
+    sets = [[4], [0, 2, 3, 5]]  # K = 1 and K = K_max
+    with torch.no_grad():
+        batch = model(images, masks, text, class_sets=sets)["mask_embeds"]
+        for i, s in enumerate(sets):
+            alone = model(images[i:i + 1], masks[i:i + 1], text, class_sets=[s])["mask_embeds"]
+            direct = model.visual(model.preprocess(images[i:i + 1]), _fit(model, masks[i:i + 1]), text[s])
+            assert torch.allclose(batch[i], alone[0], atol=1e-5)
+            assert torch.allclose(alone[0], F.normalize(direct["mask_embeds"][0], dim=-1), atol=1e-5)
+        # the targets matter: the whole vocabulary gives other embeddings
+        vocab = model(images, masks, text)["mask_embeds"]
+    assert not torch.allclose(vocab, batch, atol=1e-3)
+
+
+def _fit(model, masks):
+    from models.classifier import MASK_CELLS, fit_masks
+
+    return fit_masks(masks, (64 // 8 * MASK_CELLS,) * 2)
+
+
+def test_image_without_classes_gets_no_target_step(tiny_clip):
+    clip, _ = tiny_clip
+    model = _teva_model(clip)
+    images, masks, text = _inputs(1)
+    plain = make_fovseg(clip, teva=TevaConfig(False, True), adapter_layers=2)
+    plain.visual.adapter.load_state_dict(model.visual.adapter.state_dict())
+    with torch.no_grad():
+        got = model(images, masks, text, class_sets=[[]])["mask_embeds"]
+        ref = plain(images, masks, text)["mask_embeds"]
+    assert torch.isfinite(got).all() and torch.allclose(got, ref, atol=1e-5)
+
+
+def test_vocabulary_targets_ignore_class_sets(tiny_clip):
+    clip, _ = tiny_clip
+    model = _teva_model(clip)
+    model.teva_train_targets = "vocabulary"
+    images, masks, text = _inputs()
+    with torch.no_grad():
+        a = model(images, masks, text, class_sets=[[1], [2, 3]])["mask_embeds"]
+        b = model(images, masks, text)["mask_embeds"]
+    assert torch.equal(a, b)
+
+
+def test_vocabulary_keys_values_are_computed_once_and_reused_exactly(tiny_clip):
+    clip, _ = tiny_clip
+    model = _teva_model(clip)
+    images, masks, text = _inputs()
+    calls = []
+    hook = model.visual.blocks[0].teva.g_k.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        fresh = [model(images[i:i + 1], masks[i:i + 1], text.clone())["logits"] for i in range(2)]
+        assert len(calls) == 1  # equal vocabulary (even a new tensor): projected once for both images
+        model.prepare_vocabulary(text)  # explicit preparation always recomputes ...
+        prepared = model(images[:1], masks[:1], text)["logits"]
+        assert len(calls) == 2 and torch.equal(prepared, fresh[0])  # ... and the forward reuses it
+        with torch.enable_grad():  # training (autograd on) never uses the cache
+            out = model(images[:1], masks[:1], text)["logits"]
+        assert len(calls) == 3 and out.requires_grad and torch.allclose(out, fresh[0], atol=1e-6)
+        model.visual._kv_cache = None
+        uncached = [model(images[i:i + 1], masks[i:i + 1], text)["logits"] for i in range(2)]
+        other = model(images[:1], masks[:1], text[:4])["logits"]  # another vocabulary: recomputed
+        assert len(calls) == 5 and other.shape[-1] == 4
+        model.visual.blocks[0].teva.g_k.weight.add_(0.1)  # changed weights invalidate the cache
+        model(images[:1], masks[:1], text[:4])
+        assert len(calls) == 6
+    hook.remove()
+    for a, b in zip(fresh, uncached):
+        assert torch.equal(a, b)
+    assert not torch.allclose(fresh[0][0, 0], fresh[0][0, 1])
+
+
+def test_maskclip_baseline_attends_to_itself(tiny_clip):
+    """Table IV(i) baseline (image_attention=False): keys = [CLS] + masked patches + the mask token itself."""
+    clip, _ = tiny_clip
+    model = make_fovseg(clip, teva=TevaConfig(False, False))
+    block = model.visual.blocks[0]
+    x, m = torch.randn(1, 65, 96), torch.randn(1, 2, 96)
+    bias = torch.zeros(1, 1, 2, 65)
+    bias[..., 10:] = float("-inf")
+    with torch.no_grad():
+        got = block.attn.forward_with_self(m, block.attn.keys_values(x), bias)
+        for i in range(2):  # reference: plain attention over [image tokens, this mask token]
+            kv_in = torch.cat([x, m[:, i:i + 1]], 1)
+            b_i = torch.cat([bias[:, :, i:i + 1], torch.zeros(1, 1, 1, 1)], -1)
+            ref = block.attn(m[:, i:i + 1], kv_in, b_i)
+            assert torch.allclose(got[:, i], ref[:, 0], atol=1e-5)
+        plain = block.attn(m, x, bias, kv=block.attn.keys_values(x))
+    assert not torch.allclose(got, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("teva", [TevaConfig(False, False), TevaConfig(False, True), TevaConfig(True, False),
+                                  TevaConfig(True, True)])
+def test_all_table_iv_i_rows_run(tiny_clip, teva):
+    clip, _ = tiny_clip
+    model = make_fovseg(clip, teva=teva, adapter_layers=2)
+    images, masks, text = _inputs()
+    out = model(images, masks, text, class_sets=[[0], [1, 2]])
+    assert torch.isfinite(out["logits"]).all()
+    assert (model.visual.blocks[0].teva is not None) == teva.target_attention
+
+
+def test_lightweight_teva_width_and_shared(tiny_clip):
+    clip, _ = tiny_clip
+
+    def teva_params(model):
+        return sum(p.numel() for n, p in model.named_parameters() if ".teva." in n)
+
+    full = teva_params(make_fovseg(clip, teva=TevaConfig(True, True)))
+    narrow = make_fovseg(clip, teva=TevaConfig(True, True, width=16))
+    shared = make_fovseg(clip, teva=TevaConfig(True, True, shared=True))
+    assert teva_params(narrow) < full and teva_params(shared) * 3 == full  # 3 blocks in the tiny tower
+    assert narrow.visual.blocks[0].teva.g_q.out_features == 16
+    assert shared.visual.blocks[0].teva is shared.visual.blocks[2].teva
+    images, masks, text = _inputs()
+    plain = make_fovseg(clip, teva=TevaConfig(False, True))
+    with torch.no_grad():  # untrained TeVA is an identity at any width
+        ref = plain(images, masks, text)["logits"]
+        assert torch.allclose(narrow(images, masks, text)["logits"], ref, atol=1e-5)
+    trained = _teva_model(clip, teva=TevaConfig(True, True, width=16, shared=True))
+    loss = trained(images, masks, text, class_sets=[[0], [1, 2]])["logits"].logsumexp(-1).mean()
+    loss.backward()
+    assert trained.visual.blocks[0].teva.g_k.weight.grad.abs().sum() > 0
+
+
+def test_cache_works_for_a_model_built_in_inference_mode(tiny_clip):
+    """Weights created under inference_mode carry no version counter; the cache still works."""
+    clip, _ = tiny_clip
+    images, masks, text = _inputs(1)
+    with torch.inference_mode():
+        model = _teva_model(clip)
+        a = model(images, masks, text)["logits"]
+        b = model(images, masks, text)["logits"]
+        model.prepare_vocabulary(text)
+        c = model(images, masks, text)["logits"]
+    assert torch.equal(a, b) and torch.equal(a, c)

@@ -1,0 +1,58 @@
+"""The one builder: a ready classifier from params (+ checkpoint), its cached text embeddings, classify_image."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from models.clip_backbone import build_clip
+from pipeline.builder import build_classifier, classify_image, text_cache_dir
+from pipeline.config import Params
+from pipeline.data.vocab import vocabulary_from_names
+from pipeline.errors import CheckpointError, WeightsUnavailableError
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    d = tmp_path_factory.mktemp("backbones")
+    torch.manual_seed(0)
+    clip, _ = build_clip("fovseg-tiny", allow_random=True)
+    torch.save(clip.state_dict(), d / "clip.pt")
+    return d
+
+
+def test_checkpoint_round_trip_and_text_cache(backbones, tmp_path, monkeypatch):
+    monkeypatch.setenv("FOVSEG_CACHE", str(tmp_path / "cache"))
+    p = Params()
+    torch.manual_seed(0)
+    ready = build_classifier(p.backbones.clip, p.model, backbones, "cpu")
+    with torch.no_grad():
+        for param in ready.model.parameters():
+            if param.requires_grad:
+                param.add_(0.01)
+    torch.save({"model": ready.model.state_dict()}, tmp_path / "model.pt")
+    loaded = build_classifier(p.backbones.clip, p.model, backbones, "cpu", checkpoint=tmp_path / "model.pt")
+    assert all(torch.equal(a, b) for a, b in zip(ready.model.state_dict().values(),
+                                                  loaded.model.state_dict().values()))
+    assert loaded.weights_id == ready.weights_id  # text tower frozen: the same cached embeddings serve
+    vocab = vocabulary_from_names(["red circle", "sky"])
+    text = loaded.text_embeddings(vocab)
+    assert text.shape == (2, loaded.model.embed_dim) and len(list(text_cache_dir().glob("*.pt"))) == 1
+    tuned = dataclasses.replace(p.model, tune_text=True)
+    assert build_classifier(p.backbones.clip, tuned, backbones, "cpu", checkpoint=tmp_path / "model.pt"
+                            ).weights_id != ready.weights_id
+    image = np.zeros((40, 56, 3), np.uint8)
+    masks = np.zeros((3, 40, 56), bool)
+    masks[:, :20] = True
+    probs = classify_image(loaded, image, masks, text, (p.evaluate.test_short_side, p.evaluate.test_max_side))
+    assert probs.shape == (3, 2) and torch.allclose(probs.sum(-1), torch.ones(3))
+
+
+def test_unreadable_checkpoint_and_missing_backbones_are_clear(backbones, tmp_path):
+    p = Params()
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=f"checkpoint {bad} is truncated or corrupt"):
+        build_classifier(p.backbones.clip, p.model, backbones, "cpu", checkpoint=bad)
+    with pytest.raises(WeightsUnavailableError, match="clip.pt not found; run `dvc repro backbones`"):
+        build_classifier(p.backbones.clip, p.model, tmp_path / "none", "cpu")
