@@ -3,6 +3,7 @@
 - ``fovseg predict IMAGE --classes "red circle, grass, sky"``: segment your own image with any vocabulary;
   writes ``<out>/<stem>_overlay.png`` and ``<out>/<stem>_segments.json``.
 - ``fovseg preset {toy,paper}``: switch params.yaml to a preset.
+- ``fovseg sweep GRID``: run a Table IV / Fig. 9 ablation grid on Ray Tune (resumable; see pipeline/sweeps/).
 """
 from __future__ import annotations
 
@@ -119,6 +120,21 @@ def set_preset(args: argparse.Namespace) -> None:
     print(f"{target} now holds the {args.name} preset")
 
 
+def sweep(args: argparse.Namespace) -> dict:
+    from pipeline.config import load_params
+    from pipeline.sweep import SweepOptions, run_sweep
+
+    opts = SweepOptions(out=Path(args.out or f"outputs/sweeps/{args.grid}"), storage=Path(args.storage or f"outputs/sweeps/{args.grid}/ray"),
+                        metrics=Path(args.metrics or f"metrics/sweeps/{args.grid}.json"),
+                        backbones=Path(args.backbones), proposals_root=Path(args.proposals_root),
+                        address=args.address, max_concurrent=args.max_concurrent,
+                        seeds=tuple(args.seeds) if args.seeds else None)
+    summary = run_sweep(args.grid, load_params(args.params), opts)
+    print(f"sweep {args.grid}: {sum(r['n'] for r in summary['rows'])} trials finished, "
+          f"{summary['failed_trials']} failed -> {opts.metrics}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     from pipeline.runtime import setup_logging
 
@@ -139,10 +155,24 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("preset", help="switch params.yaml to a preset")
     s.add_argument("name", choices=["toy", "paper"])
     s.add_argument("--params", default="params.yaml")
+    w = sub.add_parser("sweep", help="run an ablation grid (Table IV / Fig. 9) on Ray Tune")
+    w.add_argument("grid", help="grid name: pipeline/sweeps/<grid>.yaml")
+    w.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else local)")
+    w.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: sweep.max_concurrent)")
+    w.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: sweep.seeds)")
+    w.add_argument("--storage", default=None,
+                   help="Ray Tune results, shared storage on a cluster (default: outputs/sweeps/<grid>/ray)")
+    w.add_argument("--params", default="params.yaml")
+    w.add_argument("--backbones", default="outputs/backbones")
+    w.add_argument("--proposals-root", default="outputs/proposals")
+    w.add_argument("--out", default=None, help="trial folders (default: outputs/sweeps/<grid>)")
+    w.add_argument("--metrics", default=None, help="results JSON (default: metrics/sweeps/<grid>.json)")
     args = ap.parse_args(argv)
     try:
         if args.command == "predict":
             predict(args)
+        elif args.command == "sweep":
+            sweep(args)
         else:
             set_preset(args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

@@ -53,19 +53,20 @@ class TrainSet:
     """Images of the training benchmark with their cached proposals (and/or gt masks), augmented by LSJ."""
 
     def __init__(self, ds: BenchmarkDataset, store: ProposalStore | None, crop_size: int, min_scale: float,
-                 max_scale: float, mask_source: str, assign_iou: float, max_masks: int):
+                 max_scale: float, mask_source: str, assign_iou: float, max_masks: int, data_fraction: float = 1.0):
         if mask_source in ("proposals", "both") and store is None:
             raise ValueError(f"mask_source={mask_source!r} needs a proposal store")
         self.ds, self.store, self.mask_source = ds, store, mask_source
         self.assign_iou, self.max_masks = assign_iou, max_masks
         self.transform = lsj_transform(crop_size, min_scale, max_scale)
         self.ids = ds.image_ids()
+        self.subset = training_subset(len(ds), data_fraction)
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return len(self.subset)
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        s = self.ds[index]
+        s = self.ds[self.subset[index]]
         gt_masks, gt_labels = s.segment_masks()
         parts = []
         if self.mask_source in ("proposals", "both"):
@@ -84,6 +85,15 @@ class TrainSet:
         targets = assign_targets(masks_t, gt_t[present], labels_t[present], self.assign_iou)
         classes = sorted(set(labels_t[present].tolist()))
         return img, masks_t, targets, classes
+
+
+def training_subset(n: int, fraction: float) -> list[int]:
+    """Indices of a fixed subset of ``max(1, round(n * fraction))`` images (a seed-independent permutation, so
+    every training seed and every smaller fraction's images are a prefix of the same order; Fig. 9)."""
+    if fraction >= 1:
+        return list(range(n))
+    k = max(1, round(n * fraction))
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(20_240_601))[:k].tolist())
 
 
 def collate(items: list) -> Batch:

@@ -26,7 +26,7 @@ def main(args, params: Params) -> dict:
     ds = BenchmarkDataset(get_benchmark(params.data.train_benchmark), dataset_root(params.data.root or None))
     store = ProposalStore(args.proposals) if tp.mask_source != "gt" else None
     train_set = TrainSet(ds, store, tp.crop_size, tp.lsj_min_scale, tp.lsj_max_scale, tp.mask_source,
-                         tp.assign_iou, tp.max_masks)
+                         tp.assign_iou, tp.max_masks, tp.data_fraction)
     if mp.tune_text:
         syn = [c.synonyms for c in ds.vocab.classes]
 
