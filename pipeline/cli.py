@@ -124,8 +124,10 @@ def sweep(args: argparse.Namespace) -> dict:
     from pipeline.config import load_params
     from pipeline.sweep import SweepOptions, run_sweep
 
-    opts = SweepOptions(out=Path(args.out or f"outputs/sweeps/{args.grid}"), storage=Path(args.storage or f"outputs/sweeps/{args.grid}/ray"),
-                        metrics=Path(args.metrics or f"metrics/sweeps/{args.grid}.json"),
+    name = Path(args.grid).stem  # a packaged grid name or a path to a grid file
+    opts = SweepOptions(out=Path(args.out or f"outputs/sweeps/{name}"),
+                        storage=Path(args.storage or f"outputs/sweeps/{name}/ray"),
+                        metrics=Path(args.metrics or f"metrics/sweeps/{name}.json"),
                         backbones=Path(args.backbones), proposals_root=Path(args.proposals_root),
                         address=args.address, max_concurrent=args.max_concurrent,
                         seeds=tuple(args.seeds) if args.seeds else None)

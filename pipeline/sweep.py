@@ -371,8 +371,6 @@ def _tune_trainable(config: dict, context: dict) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(context["cpus_per_trial"])))
-    if spec["blocked"]:
-        raise RowNotExpressible(f"grid {context['grid']!r}, row {spec['row']!r}: {spec['blocked']}")
     from pipeline.runtime import setup_logging
 
     setup_logging()
@@ -428,8 +426,15 @@ def run_sweep(grid_name: str, params: Params, opts: SweepOptions) -> dict:
     params = dataclasses.replace(params, sweep=dataclasses.replace(params.sweep, seeds=seeds))
     grid = load_grid(grid_name, params)
     specs = [{"row": row.label, "seed": seed, "name": trial_name(row, seed), "overrides": row.overrides,
-              "trial_overrides": trial_overrides(grid, row, seed), "evaluation": row.evaluation,
-              "blocked": row.blocked} for row in grid.rows for seed in seeds]
+              "trial_overrides": trial_overrides(grid, row, seed), "evaluation": row.evaluation}
+             for row in grid.rows if not row.blocked for seed in seeds]
+    # rows the model cannot express (yet) stay in the results as failures; they are not sent to Ray
+    blocked = [{"row": row.label, "seed": seed, "name": trial_name(row, seed), "overrides": row.overrides,
+                "metrics": {}, "seconds": 0.0,
+                "error": f"{RowNotExpressible.__name__}: grid {grid.name!r}, row {row.label!r}: {row.blocked}"}
+               for row in grid.rows if row.blocked for seed in seeds]
+    for b in blocked:
+        log.warning("%s", b["error"])
     opts.out.mkdir(parents=True, exist_ok=True)
     opts.storage.mkdir(parents=True, exist_ok=True)
     shared = SharedInputs(str(opts.backbones.resolve()), str(opts.proposals_root.resolve()),
@@ -456,14 +461,14 @@ def run_sweep(grid_name: str, params: Params, opts: SweepOptions) -> dict:
         tuner = tune.Tuner(
             trainable, param_space={"spec": tune.grid_search(specs)},
             tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent or sp.max_concurrent or None,
-                                        trial_name_creator=lambda t: t.config["spec"]["name"],
+                                        reuse_actors=True, trial_name_creator=lambda t: t.config["spec"]["name"],
                                         trial_dirname_creator=lambda t: t.config["spec"]["name"]),
             run_config=tune.RunConfig(name=name, storage_path=str(opts.storage.resolve()),
                                       failure_config=tune.FailureConfig(max_failures=sp.max_failures),
                                       progress_reporter=reporter, verbose=opts.verbose))
-    results = tuner.fit()
+    results = tuner.fit() if specs else []
     wall = time.perf_counter() - t0
-    trials = [_trial_outcome(r) for r in results]
+    trials = [_trial_outcome(r) for r in results] + blocked
     summary = summarize(grid, params.preset, seeds, trials, wall)
     write_metrics(opts.metrics, summary)
     log_sweep_to_mlflow(grid, params, trials, name, opts.tracking_uri)
