@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +213,10 @@ def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Te
     def handler(signum, _frame):
         stop["signal"] = signum
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    # signal handlers exist only in the main thread (a Ray Tune trial runs in another one: it resumes from
+    # the last periodic checkpoint instead)
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
     per_rank = max(1, batch_size // world)
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", disable=rank != 0)
     try:

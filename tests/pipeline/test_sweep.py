@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,9 @@ def test_real_trial_trains_evaluates_and_resumes_from_its_own_dir(tiny_inputs, t
     shared = SharedInputs(str(tiny_inputs / "backbones"), str(tiny_inputs / "proposals"), str(tmp_path / "cache"),
                           str(tmp_path), generator_key(params))
     trial_dir = tmp_path / "trials" / "row__seed0"
-    metrics = run_trial(params, {**TINY, "seed": 0}, trial_dir, shared, benchmarks=["toy_open"])
+    with ThreadPoolExecutor(1) as pool:  # Ray Tune runs a function trial outside the main thread
+        metrics = pool.submit(run_trial, params, {**TINY, "seed": 0}, trial_dir, shared,
+                              benchmarks=["toy_open"]).result()
     assert {"toy_open/PQ", "toy_open/mIoU", "toy_open/PQ_unseen", "toy_open/mIoU_unseen", "train/loss"} <= set(metrics)
     assert all(np.isfinite(v) for v in metrics.values()) and metrics["train/resumed_from"] == 0
     assert (trial_dir / "checkpoints" / "last.pt").is_file() and (trial_dir / "model.pt").is_file()
