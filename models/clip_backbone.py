@@ -11,11 +11,9 @@ import open_clip
 import torch
 from torch import nn
 
+from models.errors import WeightsUnavailableError  # noqa: F401  (re-exported)
+
 CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be found or downloaded; the message says what to fetch."""
 
 
 def _register_local_configs() -> None:
@@ -46,10 +44,8 @@ def build_clip(model_name: str, pretrained: str = "", device: str | torch.device
         if not Path(pretrained).is_file():
             raise WeightsUnavailableError(f"CLIP checkpoint {pretrained} not found; download the {model_name} "
                                           "weights and put the file there, or fix backbones.clip.pretrained")
-        model = open_clip.create_model(model_name, pretrained=None, device=device)
-        state = load_state_dict(pretrained)
-        model.load_state_dict(state)
-        return model, tokenizer
+        # open_clip loads local checkpoints itself (weights_only, 'state_dict'/'module.' unwrapping, strict)
+        return open_clip.create_model(model_name, pretrained=str(pretrained), device=device), tokenizer
     if not pretrained:
         return open_clip.create_model(model_name, pretrained=None, device=device), tokenizer
     try:
@@ -61,17 +57,6 @@ def build_clip(model_name: str, pretrained: str = "", device: str | torch.device
             f"pretrained='{pretrained}')\"` fills the Hugging Face cache, ~/.cache/huggingface), copy that cache "
             "here, or point backbones.clip.pretrained at a local checkpoint file") from None
     return model, tokenizer
-
-
-def load_state_dict(path: str | Path) -> dict:
-    """A state dict from a .pt/.pth (weights only) or .safetensors file."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
 
 
 def clip_input_stats(clip_model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -14,14 +14,6 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-# ViLD's 14 templates (also used by FC-CLIP); the paper preset uses these.
-VILD_TEMPLATES = (
-    "a photo of a {}.", "This is a photo of a {}", "There is a {} in the scene", "There is the {} in the scene",
-    "a photo of a {} in the scene", "a photo of a small {}.", "a photo of a medium {}.", "a photo of a large {}.",
-    "This is a photo of a small {}.", "This is a photo of a medium {}.", "This is a photo of a large {}.",
-    "There is a small {} in the scene.", "There is a medium {} in the scene.", "There is a large {} in the scene.",
-)
-
 
 def cache_key(model_id: str, weights_id: str, synonyms: Sequence[Sequence[str]], templates: Sequence[str]) -> str:
     blob = json.dumps([model_id, weights_id, [list(s) for s in synonyms], list(templates)])

@@ -42,49 +42,30 @@ def _overlay(image: np.ndarray, id_map: np.ndarray, segments: list[dict], names:
 
 
 def predict(args: argparse.Namespace) -> dict:
-    from models.generators import Mask2FormerGenerator, build_mask2former
     from models.inference import panoptic_inference, semantic_inference
+    from pipeline.builder import build_classifier, build_generator, classify_image
     from pipeline.config import load_params
     from pipeline.data.formats import bbox_of, read_image
     from pipeline.data.vocab import vocabulary_from_names
-    from pipeline.evaluation import classifier_input_size
-    from pipeline.modeling import (
-        TEXT_CACHE_DIR,
-        load_checkpoint_weights,
-        prepare_classifier,
-        trained_weights_id,
-        vocabulary_embeddings,
-    )
+    from pipeline.errors import CheckpointError
     from pipeline.runtime import pick_device
 
     params = load_params(args.params)
     device = pick_device(params.device)
+    _default_paths_from_dvc_yaml(args)
     stuff = {n.strip().lower() for n in (args.stuff or "").split(",") if n.strip()}
     vocab = vocabulary_from_names(args.classes.split(",") + [n for n in (args.stuff or "").split(",")], "predict")
     image = read_image(args.image)
-    gen_p, prop_p = params.backbones.generator, params.proposals
-    gen_name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
-    generator = Mask2FormerGenerator(build_mask2former(gen_name), gen_p.image_size, prop_p.max_proposals,
-                                     prop_p.mask_threshold, prop_p.min_area, device)
-    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, args.backbones, device)
-    checkpoint = Path(args.checkpoint)
-    if not args.zero_shot:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
-                                    "or use --zero-shot to classify with the pretrained CLIP alone")
-        load_checkpoint_weights(model, checkpoint)
-        weights_id = trained_weights_id(weights_id, checkpoint, params.model)
-    text = vocabulary_embeddings(model, tokenizer, vocab, params.model.templates, TEXT_CACHE_DIR,
-                                 params.backbones.clip.model, weights_id, device)
+    generator = build_generator(params.backbones.generator, params.proposals, args.backbones, device)
+    checkpoint = None if args.zero_shot else Path(args.checkpoint)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} not found: run `dvc repro train`, pass --checkpoint, "
+                              "or use --zero-shot to classify with the pretrained CLIP alone")
+    ready = build_classifier(params.backbones.clip, params.model, args.backbones, device, checkpoint=checkpoint)
     props = generator([image])[0]
-    h, w = image.shape[:2]
     masks = torch.from_numpy(props.masks)
-    with torch.inference_mode():
-        size = classifier_input_size(h, w, params.evaluate.test_short_side, params.evaluate.test_max_side,
-                           model.visual.patch_size)
-        logits = model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), masks[None].to(device),
-                              text, size=size)["logits"][0]
-    probs = logits.float().softmax(-1).cpu()
+    probs = classify_image(ready, image, masks, ready.text_embeddings(vocab),
+                           (params.evaluate.test_short_side, params.evaluate.test_max_side))
     obj = torch.from_numpy(props.scores)
     is_thing = torch.tensor([name.lower() not in stuff for name in vocab.names])  # stuff classes merge
     id_map, segs = panoptic_inference(probs, masks.float(), obj, is_thing, args.threshold,
@@ -105,6 +86,22 @@ def predict(args: argparse.Namespace) -> dict:
     return result
 
 
+def _default_paths_from_dvc_yaml(args: argparse.Namespace) -> None:
+    """``--backbones`` / ``--checkpoint`` default to where dvc.yaml (in the current folder) puts them."""
+    from pipeline.dvcfile import stage_argument
+    from pipeline.errors import FovsegError
+
+    if args.backbones is not None and (args.checkpoint is not None or args.zero_shot):
+        return
+    if not Path("dvc.yaml").is_file():
+        raise FovsegError("no dvc.yaml here to find the pipeline's outputs: run from the repository root or pass "
+                          "--backbones and --checkpoint")
+    if args.backbones is None:
+        args.backbones = stage_argument("dvc.yaml", "backbones", "--out")
+    if args.checkpoint is None:
+        args.checkpoint = str(Path(stage_argument("dvc.yaml", "train", "--out")) / "model.pt")
+
+
 def set_preset(args: argparse.Namespace) -> None:
     target = Path(args.params)
     if args.name == "paper":
@@ -120,24 +117,48 @@ def set_preset(args: argparse.Namespace) -> None:
     print(f"{target} now holds the {args.name} preset")
 
 
+_SWEEP_PATHS = ("backbones", "proposals_root", "out", "storage", "metrics")
+
+
+def _sweep_paths_from_dvc_yaml(args: argparse.Namespace, name: str) -> None:
+    """Unset path options default to what dvc.yaml's ``sweep@<grid>`` stage passes (for this grid)."""
+    import yaml
+
+    from pipeline.dvcfile import command, stages
+    from pipeline.errors import FovsegError
+
+    if all(getattr(args, k) is not None for k in _SWEEP_PATHS):
+        return
+    if not Path("dvc.yaml").is_file():
+        raise FovsegError("no dvc.yaml here to find the pipeline's outputs: run from the repository root or pass "
+                          + ", ".join(f"--{k.replace('_', '-')}" for k in _SWEEP_PATHS))
+    raw = yaml.safe_load(Path(args.params).read_text()) or {}
+    raw.setdefault("sweep", {})["grids"] = [name]
+    _, argv = command(stages(raw, Path("dvc.yaml"))[f"sweep@{name}"])
+    for k in _SWEEP_PATHS:
+        if getattr(args, k) is None:
+            setattr(args, k, argv[argv.index(f"--{k.replace('_', '-')}") + 1])
+
+
 def sweep(args: argparse.Namespace) -> dict:
     from pipeline.config import load_params
-    from pipeline.sweep import SweepOptions, run_sweep
+    from pipeline.sweep import SweepOptions, load_grid, run_sweep
 
-    name = Path(args.grid).stem  # a packaged grid name or a path to a grid file
-    opts = SweepOptions(out=Path(args.out or f"outputs/sweeps/{name}"),
-                        storage=Path(args.storage or f"outputs/sweeps/{name}/ray"),
-                        metrics=Path(args.metrics or f"metrics/sweeps/{name}.json"),
+    params = load_params(args.params)
+    name = load_grid(args.grid, params).name  # a packaged grid name or a grid file; errors before anything runs
+    _sweep_paths_from_dvc_yaml(args, name)
+    opts = SweepOptions(out=Path(args.out), storage=Path(args.storage), metrics=Path(args.metrics),
                         backbones=Path(args.backbones), proposals_root=Path(args.proposals_root),
                         address=args.address, max_concurrent=args.max_concurrent,
                         seeds=tuple(args.seeds) if args.seeds else None)
-    summary = run_sweep(args.grid, load_params(args.params), opts)
-    print(f"sweep {args.grid}: {sum(r['n'] for r in summary['rows'])} trials finished, "
+    summary = run_sweep(args.grid, params, opts)
+    print(f"sweep {name}: {sum(r['n'] for r in summary['rows'])} trials finished, "
           f"{summary['failed_trials']} failed -> {opts.metrics}")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pipeline.errors import FovsegError
     from pipeline.runtime import setup_logging
 
     setup_logging()
@@ -149,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stuff", default="", help='comma-separated amorphous classes whose regions merge into one '
                                                'segment, e.g. "grass, sky"')
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--backbones", default="outputs/backbones")
-    p.add_argument("--checkpoint", default="outputs/train/model.pt")
+    p.add_argument("--backbones", default=None, help="default: the backbones stage's --out in ./dvc.yaml")
+    p.add_argument("--checkpoint", default=None, help="default: model.pt in the train stage's --out in ./dvc.yaml")
     p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
     p.add_argument("--threshold", type=float, default=0.3, help="minimum segment score")
     p.add_argument("--out", default="predictions")
@@ -158,17 +179,15 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("name", choices=["toy", "paper"])
     s.add_argument("--params", default="params.yaml")
     w = sub.add_parser("sweep", help="run an ablation grid (Table IV / Fig. 9) on Ray Tune")
-    w.add_argument("grid", help="grid name: pipeline/sweeps/<grid>.yaml")
+    w.add_argument("grid", help="grid name (pipeline/sweeps/<grid>.yaml) or a grid YAML file")
     w.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else local)")
     w.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: sweep.max_concurrent)")
     w.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: sweep.seeds)")
-    w.add_argument("--storage", default=None,
-                   help="Ray Tune results, shared storage on a cluster (default: outputs/sweeps/<grid>/ray)")
+    w.add_argument("--storage", default=None, help="Ray Tune results, shared storage on a cluster (default: "
+                                                    "what dvc.yaml's sweep stage passes, outputs/sweeps/<grid>/ray)")
     w.add_argument("--params", default="params.yaml")
-    w.add_argument("--backbones", default="outputs/backbones")
-    w.add_argument("--proposals-root", default="outputs/proposals")
-    w.add_argument("--out", default=None, help="trial folders (default: outputs/sweeps/<grid>)")
-    w.add_argument("--metrics", default=None, help="results JSON (default: metrics/sweeps/<grid>.json)")
+    for k in ("backbones", "proposals-root", "out", "metrics"):
+        w.add_argument(f"--{k}", default=None, help="default: what dvc.yaml's sweep@<grid> stage passes")
     args = ap.parse_args(argv)
     try:
         if args.command == "predict":
@@ -177,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             sweep(args)
         else:
             set_preset(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FovsegError, FileNotFoundError) as exc:
         print(f"fovseg: error: {exc}", file=sys.stderr)
         sys.exit(1)
 

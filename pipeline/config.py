@@ -1,5 +1,8 @@
 """Typed, validated parameters: params.yaml -> frozen dataclasses.
 
+The dataclass defaults are the toy preset, equal to the repository's params.yaml (a test checks it), so
+there is one set of defaults; the paper preset (pipeline/presets/paper.yaml) overrides them.
+
 Every section is a dataclass; :func:`load_params` refuses unknown keys, wrong types and
 out-of-range values with an error that names the full key path (``train.lr``) and the file.
 """
@@ -14,9 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ParamsError(ValueError):
-    """A params file has an unknown key, a wrong type or an out-of-range value."""
+from pipeline.errors import ParamsError  # noqa: F401  (re-exported)
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -46,7 +47,7 @@ class ToyWorldParams:
 
 @dataclass(frozen=True)
 class DataParams:
-    root: str = "datasets"  # $DETECTRON2_DATASETS overrides it when set
+    root: str = ""  # "" = $DETECTRON2_DATASETS, else datasets/
     train_benchmark: str = "toy_train"
     eval_benchmarks: tuple[str, ...] = ("toy_val", "toy_open", "toy_open_large")
     download: tuple[str, ...] = ("toy",)
@@ -69,9 +70,9 @@ class DataParams:
 class PretrainParams:
     """Toy-preset pre-training of a backbone (ignored when weights are fetched)."""
 
-    steps: int = 300
+    steps: int = 1000
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.1
 
     def validate(self, key: str) -> None:
@@ -98,7 +99,7 @@ class GeneratorParams:
     source: Literal["pretrain", "hub"] = "pretrain"
     name: str = "fovseg-tiny"  # hub id / local dir (source=hub) or a models/configs name (pretrain)
     image_size: int = 96
-    pretrain: PretrainParams = field(default_factory=lambda: PretrainParams(steps=400, batch_size=8, lr=3e-4,
+    pretrain: PretrainParams = field(default_factory=lambda: PretrainParams(steps=1000, batch_size=8, lr=3e-4,
                                                                              weight_decay=0.05))
 
     def validate(self, key: str) -> None:
@@ -156,7 +157,7 @@ class ModelParams:
     fiser: FiserParams = field(default_factory=FiserParams)
     trainable: str = "q"  # q, k, v, q+k, q+v, q+k+v, mlp, all, lora:<rank>
     tune_text: bool = False
-    templates: tuple[str, ...] = ("a photo of a {}.", "a photo of the {}.", "there is a {} in the scene.")
+    templates: tuple[str, ...] = ("a photo of a {}.", "a {} on the ground.", "there is a {} in the scene.")
 
     def validate(self, key: str) -> None:
         from models.trainable import SELECTIONS, parse_selection
@@ -183,7 +184,7 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class TrainParams:
-    iterations: int = 600
+    iterations: int = 1000
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -226,8 +227,8 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    test_short_side: int = 96  # paper: 800
-    test_max_side: int = 160  # paper: 1333
+    test_short_side: int = 64  # paper: 800
+    test_max_side: int = 107  # paper: 1333
     object_threshold: float = 0.3  # Mask2Former-style merging thresholds
     overlap_threshold: float = 0.6
     max_images: int = 0  # 0 = all

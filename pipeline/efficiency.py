@@ -16,9 +16,9 @@ import psutil
 import torch
 
 from models.classifier import FOVSeg
+from pipeline.builder import classifier_input_size
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
-from pipeline.evaluation import classifier_input_size
 
 
 @contextmanager

@@ -1,21 +1,40 @@
-"""Run a classifier over a benchmark: panoptic + semantic predictions, PQ/mIoU, COCO-format output."""
+"""Evaluation as one loop feeding evaluators (detectron2's ``DatasetEvaluator`` / ``inference_on_dataset``).
+
+:func:`inference_on_dataset` reads each sample, takes its masks from a *proposal source* (the stored
+proposals of the frozen generator, or the ground truth = oracle generator), labels them with a
+*classifier source* (the FOV-Seg classifier, or the ground truth = oracle classifier, Fig. 2a), merges them
+into semantic / panoptic predictions and hands each (sample, prediction) to every evaluator:
+:class:`PanopticEvaluator` (PQ/SQ/RQ), :class:`SemanticEvaluator` (mIoU, fwIoU, mACC, pACC),
+:class:`PredictionWriter` (COCO-format panoptic PNGs + json, semantic label maps) and
+:class:`TimingEvaluator` (classifier seconds per image). :func:`evaluate_benchmark` is what the
+``evaluate`` stage runs: trained model, oracle generator, oracle classifier and the untrained baseline.
+"""
 from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.classifier import FOVSeg
+from models.generators import oracle_proposals
 from models.inference import oracle_class_probs, panoptic_inference, semantic_inference
+from pipeline.builder import ReadyClassifier, build_classifier, classify_image
+from pipeline.config import ClipParams, DataParams, EvaluateParams, ModelParams
 from pipeline.data.formats import bbox_of, write_json, write_label_map, write_panoptic_png
-from pipeline.data.loaders import BenchmarkDataset, iter_samples
+from pipeline.data.loaders import BenchmarkDataset, Sample, iter_samples
 from pipeline.data.proposal_store import ProposalStore
-from pipeline.data.transforms import eval_resize_shape
+from pipeline.data.registry import benchmark_vocabulary, dataset_root, get_benchmark
+from pipeline.data.vocab import Vocabulary
 from pipeline.metrics import PQStat, SemanticStat
+from pipeline.runtime import seed_everything
+
+HEADLINE = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "PQ_seen", "PQ_unseen", "mIoU", "mIoU_seen", "mIoU_unseen",
+            "fwIoU", "mACC", "pACC")
 
 
 def seen_unseen_groups(vocab_names: list[str], train_names: list[str]) -> dict[str, list[int]]:
@@ -25,75 +44,7 @@ def seen_unseen_groups(vocab_names: list[str], train_names: list[str]) -> dict[s
     return {"seen": seen, "unseen": [i for i in range(len(vocab_names)) if i not in set(seen)]}
 
 
-def classifier_input_size(h: int, w: int, short: int, max_size: int, patch: int) -> tuple[int, int]:
-    th, tw = eval_resize_shape(h, w, short, max_size)
-    return max(patch, round(th / patch) * patch), max(patch, round(tw / patch) * patch)
-
-
-@torch.inference_mode()
-def evaluate(model: FOVSeg | None, ds: BenchmarkDataset, text_embeds: torch.Tensor | None, *,
-             proposals: ProposalStore | None, short_side: int, max_side: int, object_threshold: float,
-             overlap_threshold: float, device: torch.device, groups: dict[str, list[int]] | None = None,
-             pred_dir: Path | None = None, max_images: int = 0, oracle_classifier: bool = False) -> dict:
-    """Metrics dict (percent) for one benchmark. ``proposals=None`` uses ground-truth masks (oracle generator);
-    ``oracle_classifier`` labels each mask by its best-IoU ground truth (Fig. 2a)."""
-    vocab = ds.vocab
-    is_thing = torch.tensor(vocab.thing_mask)
-    pq = PQStat(len(vocab)) if ds.bench.task == "panoptic" else None
-    sem = SemanticStat(len(vocab), ds.bench.ignore_label)
-    stats: Counter = Counter()
-    annotations, t_model, n_img = [], 0.0, 0
-    if model is not None:
-        model.eval().to(device)
-    patch = model.visual.patch_size if model is not None else 1
-    for s in tqdm(iter_samples(ds, limit=max_images, stats=stats), total=max_images or len(ds),
-                  desc=f"eval {ds.bench.name}"):
-        h, w = s.image.shape[:2]
-        gt_masks, gt_labels = _ground_truth_regions(s)
-        if proposals is None:
-            masks, scores = gt_masks, np.ones(len(gt_masks), np.float32)
-        else:
-            masks, scores = proposals[s.image_id]
-            stats["proposals"] += len(masks)
-        masks_t = torch.from_numpy(masks)
-        t0 = time.perf_counter()
-        if oracle_classifier or model is None:
-            probs = oracle_class_probs(masks_t, torch.from_numpy(gt_masks), torch.from_numpy(gt_labels), len(vocab))
-        else:
-            image = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device)
-            size = classifier_input_size(h, w, short_side, max_side, patch)
-            logits = model(image, masks_t[None].to(device), text_embeds.to(device), size=size)["logits"][0]
-            probs = logits.float().softmax(-1).cpu()
-        t_model += time.perf_counter() - t0
-        n_img += 1
-        mask_probs = masks_t.float()
-        obj = torch.from_numpy(scores)
-        sem_pred = semantic_inference(probs, mask_probs, obj).numpy()
-        sem.add(s.semantic, sem_pred)
-        if pred_dir is not None:
-            big = len(vocab) > 255
-            write_label_map(pred_dir / "semantic" / f"{s.image_id}{'.tif' if big else '.png'}", sem_pred, big)
-        if pq is not None:
-            id_map, segs = panoptic_inference(probs, mask_probs, obj, is_thing, object_threshold, overlap_threshold)
-            gt_segs = [{"id": g.id, "label": g.label, "iscrowd": g.iscrowd} for g in s.segments]
-            pq.add(s.id_map, gt_segs, id_map.numpy(), segs)
-            if pred_dir is not None:
-                annotations.append(_write_prediction(pred_dir, s.image_id, id_map.numpy(), segs, vocab))
-    if pred_dir is not None:
-        pred_dir.mkdir(parents=True, exist_ok=True)
-    if pred_dir is not None and pq is not None:
-        categories = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in vocab.classes]
-        write_json(pred_dir / "predictions.json", {"annotations": annotations, "categories": categories}, indent=None)
-    out: dict = {}
-    if pq is not None:
-        out.update(pq.summary(vocab.thing_mask, groups))
-    out.update(sem.summary(groups))
-    out.update({"images": n_img, "skipped_images": stats["skipped"], "empty_images": stats["empty"],
-                "seconds_per_image": t_model / max(n_img, 1), "classes": vocab.names})
-    return out
-
-
-def _ground_truth_regions(s) -> tuple[np.ndarray, np.ndarray]:
+def ground_truth_regions(s: Sample) -> tuple[np.ndarray, np.ndarray]:
     """Panoptic segments (crowd included), or one region per class of a semantic-only ground truth."""
     if s.id_map is not None:
         return s.segment_masks(include_crowd=True)
@@ -103,9 +54,252 @@ def _ground_truth_regions(s) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([s.semantic == c for c in labels]), np.array(labels, np.int64)
 
 
-def _write_prediction(pred_dir: Path, image_id: str, id_map: np.ndarray, segs: list[dict], vocab) -> dict:
-    file_name = f"{image_id}.png"
-    write_panoptic_png(pred_dir / "panoptic" / file_name, id_map)
-    info = [{"id": s["id"], "category_id": vocab.classes[s["label"]].id, "iscrowd": 0, "area": int(s["area"]),
-             "bbox": bbox_of(id_map == s["id"]), "score": round(s["score"], 4)} for s in segs]
-    return {"image_id": image_id, "file_name": file_name, "segments_info": info}
+# ----------------------------------------------------------------------------- sources
+class ProposalSource(Protocol):
+    def __call__(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """(Q,H,W) bool masks and (Q,) objectness scores of one sample."""
+
+
+class StoredProposals:
+    """The frozen generator's proposals, read from the proposal store."""
+
+    def __init__(self, store: ProposalStore):
+        self.store = store
+
+    def __call__(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        return self.store[sample.image_id]
+
+
+class GroundTruthProposals:
+    """Oracle generator: the ground-truth regions with objectness 1 (Fig. 2, Table IV(j))."""
+
+    def __call__(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        p = oracle_proposals(ground_truth_regions(sample)[0])
+        return p.masks, p.scores
+
+
+class ClassifierSource(Protocol):
+    def __call__(self, sample: Sample, masks: np.ndarray) -> torch.Tensor:
+        """(Q,C) class probabilities of the sample's masks."""
+
+
+class ModelClassifier:
+    """The FOV-Seg classifier against the text embeddings of the benchmark's vocabulary."""
+
+    def __init__(self, ready: ReadyClassifier, vocab: Vocabulary, short_side: int, max_side: int):
+        self.ready, self.size = ready, (short_side, max_side)
+        self.text = ready.text_embeddings(vocab)
+
+    def __call__(self, sample: Sample, masks: np.ndarray) -> torch.Tensor:
+        return classify_image(self.ready, sample.image, masks, self.text, self.size)
+
+
+class OracleClassifier:
+    """Oracle classifier (Fig. 2a): each mask gets the label of its best-IoU ground-truth region."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+    def __call__(self, sample: Sample, masks: np.ndarray) -> torch.Tensor:
+        gt_masks, gt_labels = ground_truth_regions(sample)
+        return oracle_class_probs(torch.from_numpy(masks), torch.from_numpy(gt_masks), torch.from_numpy(gt_labels),
+                                  self.num_classes)
+
+
+# ----------------------------------------------------------------------------- evaluators
+@dataclass
+class Prediction:
+    """What the loop hands each evaluator for one sample."""
+
+    semantic: np.ndarray  # (H,W) labels
+    id_map: np.ndarray | None  # (H,W) panoptic segment ids, 0 = void (panoptic benchmarks)
+    segments: list[dict] | None  # segments_info with contiguous labels
+    seconds: float  # classifier time for this image
+
+
+class DatasetEvaluator:
+    """Accumulates over a benchmark: ``reset``, ``process`` per sample, ``evaluate`` -> metrics dict."""
+
+    def reset(self) -> None:
+        pass
+
+    def process(self, sample: Sample, prediction: Prediction) -> None:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        return {}
+
+
+class PanopticEvaluator(DatasetEvaluator):
+    """PQ/SQ/RQ (all, things, stuff, seen/unseen groups, per class)."""
+
+    def __init__(self, vocab: Vocabulary, groups: dict[str, list[int]] | None = None):
+        self.vocab, self.groups = vocab, groups
+        self.reset()
+
+    def reset(self) -> None:
+        self.stat = PQStat(len(self.vocab))
+
+    def process(self, sample: Sample, prediction: Prediction) -> None:
+        gt_segs = [{"id": g.id, "label": g.label, "iscrowd": g.iscrowd} for g in sample.segments]
+        self.stat.add(sample.id_map, gt_segs, prediction.id_map, prediction.segments)
+
+    def evaluate(self) -> dict:
+        return self.stat.summary(self.vocab.thing_mask, self.groups)
+
+
+class SemanticEvaluator(DatasetEvaluator):
+    """mIoU, fwIoU, mACC, pACC (and per-class IoU, seen/unseen groups)."""
+
+    def __init__(self, num_classes: int, ignore_label: int, groups: dict[str, list[int]] | None = None):
+        self.num_classes, self.ignore_label, self.groups = num_classes, ignore_label, groups
+        self.reset()
+
+    def reset(self) -> None:
+        self.stat = SemanticStat(self.num_classes, self.ignore_label)
+
+    def process(self, sample: Sample, prediction: Prediction) -> None:
+        self.stat.add(sample.semantic, prediction.semantic)
+
+    def evaluate(self) -> dict:
+        return self.stat.summary(self.groups)
+
+
+class PredictionWriter(DatasetEvaluator):
+    """Writes ``semantic/<id>.png|.tif`` label maps and, on panoptic benchmarks, COCO panoptic
+    ``panoptic/<id>.png`` + ``predictions.json`` under ``out_dir``."""
+
+    def __init__(self, out_dir: str | Path, vocab: Vocabulary, panoptic: bool):
+        self.out_dir, self.vocab, self.panoptic = Path(out_dir), vocab, panoptic
+        self.reset()
+
+    def reset(self) -> None:
+        self.annotations: list[dict] = []
+
+    def process(self, sample: Sample, prediction: Prediction) -> None:
+        big = len(self.vocab) > 255
+        write_label_map(self.out_dir / "semantic" / f"{sample.image_id}{'.tif' if big else '.png'}",
+                        prediction.semantic, big)
+        if self.panoptic:
+            file_name = f"{sample.image_id}.png"
+            write_panoptic_png(self.out_dir / "panoptic" / file_name, prediction.id_map)
+            info = [{"id": s["id"], "category_id": self.vocab.classes[s["label"]].id, "iscrowd": 0,
+                     "area": int(s["area"]), "bbox": bbox_of(prediction.id_map == s["id"]),
+                     "score": round(s["score"], 4)} for s in prediction.segments]
+            self.annotations.append({"image_id": sample.image_id, "file_name": file_name, "segments_info": info})
+
+    def evaluate(self) -> dict:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.panoptic:
+            categories = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in self.vocab.classes]
+            write_json(self.out_dir / "predictions.json", {"annotations": self.annotations,
+                                                           "categories": categories}, indent=None)
+        return {}
+
+
+class TimingEvaluator(DatasetEvaluator):
+    """Classifier seconds per image (proposal reading and merging excluded)."""
+
+    def reset(self) -> None:
+        self.seconds, self.n = 0.0, 0
+
+    def __init__(self):
+        self.reset()
+
+    def process(self, sample: Sample, prediction: Prediction) -> None:
+        self.seconds += prediction.seconds
+        self.n += 1
+
+    def evaluate(self) -> dict:
+        return {"seconds_per_image": self.seconds / max(self.n, 1)}
+
+
+def default_evaluators(ds: BenchmarkDataset, groups: dict[str, list[int]] | None = None,
+                       pred_dir: str | Path | None = None) -> list[DatasetEvaluator]:
+    """PQ (panoptic benchmarks), semantic metrics, timing, and the prediction writer when ``pred_dir``."""
+    panoptic = ds.bench.task == "panoptic"
+    out: list[DatasetEvaluator] = [PanopticEvaluator(ds.vocab, groups)] if panoptic else []
+    out += [SemanticEvaluator(len(ds.vocab), ds.bench.ignore_label, groups), TimingEvaluator()]
+    if pred_dir is not None:
+        out.append(PredictionWriter(pred_dir, ds.vocab, panoptic))
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+@torch.inference_mode()
+def inference_on_dataset(ds: BenchmarkDataset, proposals: ProposalSource, classify: ClassifierSource,
+                         evaluators: list[DatasetEvaluator], *, object_threshold: float, overlap_threshold: float,
+                         max_images: int = 0) -> dict:
+    """Run the proposal and classifier sources over ``ds`` and feed every evaluator; returns their merged
+    metrics plus ``images``, ``skipped_images``, ``empty_images`` and ``classes``."""
+    is_thing = torch.tensor(ds.vocab.thing_mask)
+    panoptic = ds.bench.task == "panoptic"
+    stats: Counter = Counter()
+    for ev in evaluators:
+        ev.reset()
+    for s in tqdm(iter_samples(ds, limit=max_images, stats=stats), total=max_images or len(ds),
+                  desc=f"eval {ds.bench.name}"):
+        masks, scores = proposals(s)
+        t0 = time.perf_counter()
+        probs = classify(s, masks)
+        seconds = time.perf_counter() - t0
+        mask_probs, obj = torch.from_numpy(masks).float(), torch.from_numpy(scores)
+        semantic = semantic_inference(probs, mask_probs, obj).numpy()
+        id_map, segs = None, None
+        if panoptic:
+            id_t, segs = panoptic_inference(probs, mask_probs, obj, is_thing, object_threshold, overlap_threshold)
+            id_map = id_t.numpy()
+        pred = Prediction(semantic, id_map, segs, seconds)
+        for ev in evaluators:
+            ev.process(s, pred)
+    out: dict = {}
+    for ev in evaluators:
+        out.update(ev.evaluate())
+    out.update({"images": stats["read"], "skipped_images": stats["skipped"], "empty_images": stats["empty"],
+                "classes": ds.vocab.names})
+    return out
+
+
+# ----------------------------------------------------------------------------- the evaluate stage
+def groups_of(benchmark: str, train_benchmark: str) -> dict[str, list[int]]:
+    vocab = benchmark_vocabulary(get_benchmark(benchmark))
+    return seen_unseen_groups(vocab.names, benchmark_vocabulary(get_benchmark(train_benchmark)).names)
+
+
+def evaluate_benchmark(benchmark: str, *, data: DataParams, clip: ClipParams, model: ModelParams,
+                       evaluate: EvaluateParams, seed: int, device: torch.device | str, backbones_dir: str | Path,
+                       checkpoint: str | Path, proposals_dir: str | Path,
+                       predictions_dir: str | Path | None = None) -> dict:
+    """Metrics of one benchmark (percent): the trained classifier on the stored proposals (headline), the
+    oracle generator (ground-truth masks), the oracle classifier (ground-truth labels) and the untrained
+    baseline (CLIP zero-shot mask classification: the same classifier before training)."""
+    ds = BenchmarkDataset(get_benchmark(benchmark), dataset_root(data.root or None))
+    groups = groups_of(benchmark, data.train_benchmark)
+    stored = StoredProposals(ProposalStore(proposals_dir))
+
+    def run(proposals: ProposalSource, classify: ClassifierSource, pred_dir=None) -> dict:
+        return inference_on_dataset(ds, proposals, classify, default_evaluators(ds, groups, pred_dir),
+                                    object_threshold=evaluate.object_threshold,
+                                    overlap_threshold=evaluate.overlap_threshold, max_images=evaluate.max_images)
+
+    def classifier(ckpt: str | Path | None) -> ModelClassifier:
+        seed_everything(seed)  # the new modules' initialisation (the baseline keeps it)
+        ready = build_classifier(clip, model, backbones_dir, device, checkpoint=ckpt)
+        return ModelClassifier(ready, ds.vocab, evaluate.test_short_side, evaluate.test_max_side)
+
+    trained_cls = classifier(checkpoint)
+    trained = run(stored, trained_cls, predictions_dir)
+    oracle_gen = run(GroundTruthProposals(), trained_cls)
+    oracle_cls = run(stored, OracleClassifier(len(ds.vocab)))
+    baseline = run(stored, classifier(None))
+    metrics = {k: trained[k] for k in HEADLINE if k in trained}
+    metrics.update({"benchmark": benchmark, "images": trained["images"],
+                    "skipped_images": trained["skipped_images"], "seconds_per_image": trained["seconds_per_image"],
+                    "baseline": {k: baseline[k] for k in HEADLINE if k in baseline},
+                    "oracle_classifier": {k: oracle_cls[k] for k in HEADLINE if k in oracle_cls},
+                    "oracle_generator": {k: oracle_gen[k] for k in HEADLINE if k in oracle_gen},
+                    "per_class": {"class": trained["classes"], "IoU": trained["IoU_per_class"],
+                                  "unseen": [i in set(groups["unseen"]) for i in range(len(trained["classes"]))],
+                                  "IoU_baseline": baseline["IoU_per_class"],
+                                  **({"PQ": trained["PQ_per_class"]} if "PQ_per_class" in trained else {})}})
+    return metrics

@@ -225,7 +225,7 @@ class SharedInputs:
     backbones: str
     proposals_root: str  # <bench>/ subfolders computed with the base generator
     proposal_cache: str  # <generator key>/<bench>/ for rows that change the generator
-    workdir: str  # cwd of the trial (text-embedding cache and relative data paths resolve here)
+    workdir: str  # cwd of the trial (relative paths in params resolve here, as in the driver)
     base_generator_key: str = ""
 
 
@@ -258,81 +258,49 @@ def _compute_proposals(params: Params, bench: str, backbones: str, out: Path) ->
     proposals_stage.main(ns, params)
 
 
-# Stage-code adapter: the only place that knows how training and evaluation are called. When the
-# `structure` branch's pipeline.training.run_training / pipeline.evaluation.evaluate_benchmark land,
-# these two functions become one call each.
-def _train(params: Params, shared: SharedInputs, trial_dir: Path, train_proposals: Path) -> tuple[dict, Path]:
-    """Train (resuming from ``trial_dir/checkpoints``); returns (train metrics, model checkpoint path)."""
-    import torch
-
-    from models.text_cache import differentiable_text_embeddings
-    from pipeline.data.loaders import BenchmarkDataset
-    from pipeline.data.proposal_store import ProposalStore
-    from pipeline.data.registry import dataset_root, get_benchmark
-    from pipeline.modeling import TEXT_CACHE_DIR, file_digest, prepare_classifier, vocabulary_embeddings
+# The train and evaluate stages' functions (pipeline.training.run_training; the evaluation loop that
+# pipeline.evaluation.evaluate_benchmark runs, here for only the one evaluation a row asks for).
+def _train(params: Params, shared: SharedInputs, trial_dir: Path, train_proposals: Path | None) -> tuple[dict, Path]:
+    """Train (resuming from ``trial_dir/checkpoints``); returns (numeric train metrics, model checkpoint path)."""
     from pipeline.runtime import init_seed_and_device
-    from pipeline.training import TrainSet, train, write_curve
+    from pipeline.training import run_training
 
     device = init_seed_and_device(params.seed, params.device)
-    tp, mp = params.train, params.model
-    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, mp, shared.backbones, device)
-    ds = BenchmarkDataset(get_benchmark(params.data.train_benchmark), dataset_root(params.data.root or None))
-    store = ProposalStore(train_proposals) if tp.mask_source != "gt" else None
-    train_set = TrainSet(ds, store, tp.crop_size, tp.lsj_min_scale, tp.lsj_max_scale, tp.mask_source,
-                         tp.assign_iou, tp.max_masks, tp.data_fraction)
-    if mp.tune_text:
-        syn = [c.synonyms for c in ds.vocab.classes]
-
-        def text_fn() -> torch.Tensor:
-            return differentiable_text_embeddings(
-                lambda p: model.clip.encode_text(tokenizer(p).to(device)), syn, mp.templates)
-    else:
-        cached = vocabulary_embeddings(model, tokenizer, ds.vocab, mp.templates, TEXT_CACHE_DIR,
-                                       params.backbones.clip.model, weights_id, device)
-
-        def text_fn() -> torch.Tensor:
-            return cached
-    config = {"model": to_dict(mp), "train": to_dict(tp), "seed": params.seed, "clip": to_dict(params.backbones.clip),
-              "clip_weights": weights_id, "benchmark": params.data.train_benchmark,
-              "proposals": file_digest(Path(train_proposals) / "index.json") if store is not None else None}
-    result = train(model, train_set, text_fn, out_dir=trial_dir / "checkpoints", iterations=tp.iterations,
-                   batch_size=tp.batch_size, lr=tp.lr, weight_decay=tp.weight_decay,
-                   backbone_lr_mult=tp.backbone_lr_mult, warmup_iters=tp.warmup_iters, schedule=tp.schedule,
-                   checkpoint_every=tp.checkpoint_every,
-                   loss_weights={"fiser": tp.loss_weights.fiser, "ce": tp.loss_weights.ce}, amp=tp.amp,
-                   seed=params.seed, device=device, config=config, log_every=tp.log_every)
-    model_path = trial_dir / "model.pt"
-    tmp = model_path.with_name("model.pt.tmp")
-    torch.save({"model": model.state_dict(), "config": config}, tmp)
-    tmp.replace(model_path)
-    history = result.pop("history")
-    write_curve(history, trial_dir / "train_curve.csv")
-    last = history[-10:]
-    metrics = {"train_seconds": result["train_seconds"], "resumed_from": result["resumed_from"],
-               **{k: sum(r.get(k, 0.0) for r in last) / max(len(last), 1) for k in history[-1] if k.startswith("loss")}}
-    return metrics, model_path
+    metrics = run_training(data=params.data, clip=params.backbones.clip, model=params.model, train=params.train,
+                           seed=params.seed, device=device, backbones_dir=shared.backbones,
+                           proposals_dir=train_proposals, checkpoints_dir=trial_dir / "checkpoints",
+                           out_dir=trial_dir, curve_path=trial_dir / "train_curve.csv")
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return numeric, trial_dir / "model.pt"
 
 
 def _evaluate(params: Params, bench: str, backbones: str, checkpoint: Path | None, proposals: Path | None,
               pred_dir: Path) -> dict:
-    """Evaluate the trained (``checkpoint``) or untrained classifier on ``bench`` with the proposals in
-    ``proposals`` (None = ground-truth masks, the oracle generator); the evaluate stage's functions."""
+    """Evaluate the trained (``checkpoint``) or untrained classifier on ``bench`` with the stored proposals in
+    ``proposals`` (None: ground-truth masks, the oracle generator of Table IV(j))."""
+    from pipeline.builder import build_classifier
     from pipeline.data.loaders import BenchmarkDataset
     from pipeline.data.proposal_store import ProposalStore
     from pipeline.data.registry import dataset_root, get_benchmark
-    from pipeline.evaluation import evaluate
+    from pipeline.evaluation import (
+        GroundTruthProposals,
+        ModelClassifier,
+        StoredProposals,
+        default_evaluators,
+        groups_of,
+        inference_on_dataset,
+    )
     from pipeline.runtime import init_seed_and_device
-    from stages.evaluate import groups_of, load_classifier
 
-    device = init_seed_and_device(params.seed, params.device)
+    device = init_seed_and_device(params.seed, params.device)  # the untrained modules' initialisation
     ev = params.evaluate
     ds = BenchmarkDataset(get_benchmark(bench), dataset_root(params.data.root or None))
-    model, text = load_classifier(params, backbones, str(checkpoint) if checkpoint else None,
-                                  ds.vocab, device)
-    return evaluate(model, ds, text, proposals=ProposalStore(proposals) if proposals else None,
-                    short_side=ev.test_short_side, max_side=ev.test_max_side, object_threshold=ev.object_threshold,
-                    overlap_threshold=ev.overlap_threshold, device=device, groups=groups_of(params, bench),
-                    pred_dir=pred_dir, max_images=ev.max_images)
+    ready = build_classifier(params.backbones.clip, params.model, backbones, device, checkpoint=checkpoint)
+    source = StoredProposals(ProposalStore(proposals)) if proposals is not None else GroundTruthProposals()
+    return inference_on_dataset(ds, source, ModelClassifier(ready, ds.vocab, ev.test_short_side, ev.test_max_side),
+                                default_evaluators(ds, groups_of(bench, params.data.train_benchmark), pred_dir),
+                                object_threshold=ev.object_threshold, overlap_threshold=ev.overlap_threshold,
+                                max_images=ev.max_images)
 
 
 def run_trial(params: Params, overrides: dict[str, Any], trial_dir: Path, shared: SharedInputs, *,
@@ -349,7 +317,7 @@ def run_trial(params: Params, overrides: dict[str, Any], trial_dir: Path, shared
     if evaluation.get("classifier", "trained") == "trained":
         train_props = proposals_for(params, params.data.train_benchmark, shared) \
             if params.train.mask_source != "gt" else None
-        train_metrics, checkpoint = _train(params, shared, trial_dir, train_props or Path("."))
+        train_metrics, checkpoint = _train(params, shared, trial_dir, train_props)
         metrics.update({f"train/{k}": float(v) for k, v in train_metrics.items()})
     for bench in benchmarks:
         props = proposals_for(params, bench, shared) if evaluation.get("masks", "proposals") == "proposals" else None
@@ -404,7 +372,8 @@ def _init_ray(params: Params, address: str | None) -> None:
         return
     env = {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "RAY_CHDIR_TO_TRIAL_DIR": "0", "TQDM_DISABLE": "1"}
-    for k in ("DETECTRON2_DATASETS", "FOVSEG_LOG", "HF_HOME", "MLFLOW_TRACKING_URI"):
+    for k in ("DETECTRON2_DATASETS", "FOVSEG_LOG", "FOVSEG_CACHE", "XDG_CACHE_HOME", "HF_HOME",
+              "MLFLOW_TRACKING_URI"):
         if os.environ.get(k):
             env[k] = os.environ[k]
     address = address or os.environ.get("RAY_ADDRESS") or None

@@ -1,14 +1,26 @@
-"""Training loop: AdamW with a backbone multiplier, warmup + poly schedule, AMP and DDP on GPUs,
-checkpoints every N iterations and on SIGTERM/SIGINT, exact resume, NaN guard.
+"""FOV-Seg training as a recipe (torchtune's single-device recipe is the model): ``setup`` (parameter
+groups, warmup + poly schedule, AMP scaler, resume), ``train`` (a DataLoader over steps feeding
+``train_step``), ``save_checkpoint`` / ``save_model``. AMP and DDP on GPUs, checkpoints every N iterations
+and on SIGTERM/SIGINT, exact resume, NaN guard. :func:`run_training` is what the ``train`` stage calls.
 
-Determinism: the batch of step ``s`` (which images, their augmentation, FiSeR's masked class) is a
-function of (seed, s) only, so a run killed and resumed reaches the same weights as one that was not.
+Determinism: the batch of step ``s`` (which images, their augmentation) is drawn in the data loader from an
+RNG seeded by (seed, s), and the model's own draws (FiSeR's masked class) from another seeded by (seed, s), so
+the weights do not depend on ``train.num_workers`` and a run killed and resumed reaches the same weights as
+one that was not.
+
+Resume: a checkpoint is resumed when everything that changes the result matches (model, CLIP weights,
+proposals, seed and every ``train`` key except ``iterations``, ``checkpoint_every``, ``log_every`` and
+``num_workers``); otherwise the stage stops, names the keys that differ and leaves the checkpoint alone.
+Extending ``iterations`` continues from the checkpoint. The warmup + poly/cosine schedule depends on the total,
+so (choice) the continued steps follow the schedule of the *new* total: at the resume step the learning rate
+moves from its old-schedule value to the new schedule's value there, and the run is not bitwise equal to
+a fresh run of the new length (reaching that would need retraining from step 0). ``metrics/train.json``
+records ``resumed_from`` and ``schedule_changed_at`` when this happens. A checkpoint past the new total is
+refused.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import logging
 import math
 import os
@@ -26,20 +38,19 @@ from tqdm import tqdm
 
 from models.classifier import FOVSeg
 from models.losses import IGNORE, assign_targets, mask_classification_loss
-from models.trainable import is_backbone_parameter
+from models.trainable import count_parameters, is_backbone_parameter
+from pipeline.builder import build_classifier, file_digest, read_checkpoint
+from pipeline.config import ClipParams, DataParams, ModelParams, TrainParams, to_dict
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
+from pipeline.data.registry import dataset_root, get_benchmark
 from pipeline.data.transforms import apply_joint, lsj_transform
+from pipeline.errors import CheckpointError, TrainingDiverged, TrainingInterrupted  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGTERM/SIGINT arrived; a checkpoint was written and the run can be resumed."""
+# train keys that do not change the trained weights: a checkpoint resumes across changes to them
+RESUME_NEUTRAL_KEYS = ("iterations", "checkpoint_every", "log_every", "num_workers")
 
 
 @dataclass
@@ -89,8 +100,9 @@ class TrainSet:
 
 
 def training_subset(n: int, fraction: float) -> list[int]:
-    """Indices of a fixed subset of ``max(1, round(n * fraction))`` images (a seed-independent permutation, so
-    every training seed and every smaller fraction's images are a prefix of the same order; Fig. 9)."""
+    """Indices of a fixed subset of ``max(1, round(n * fraction))`` images, drawn from one seed-independent
+    permutation: every training seed sees the same images, and a smaller fraction's images are a subset of a
+    larger one's (Fig. 9)."""
     if fraction >= 1:
         return list(range(n))
     k = max(1, round(n * fraction))
@@ -145,13 +157,67 @@ def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, backbon
             for (bb, flat), ps in groups.items()]
 
 
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def data_seed(seed: int, step: int) -> int:
+    """Seed of step ``step``'s augmentation draws."""
+    return seed * 1_000_003 + step
+
+
+def model_seed(seed: int, step: int) -> int:
+    """Seed of step ``step``'s draws inside the model (FiSeR), a stream distinct from the data's."""
+    return (seed * 1_000_003 + step) ^ 0x5DEECE66D
+
+
+def _as_is(batch: Batch) -> Batch:
+    return batch
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Map-style dataset over *steps*: item ``s`` is step ``s``'s collated batch (this rank's share).
+    Its augmentation draws come from an RNG seeded by (seed, s), whichever process loads it."""
+
+    def __init__(self, train_set: TrainSet, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.train_set, self.batch_size, self.seed = train_set, batch_size, seed
+        self.per_rank = max(1, batch_size // world)
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return 2**62  # indexed by step; the sampler says which steps
+
+    def __getitem__(self, step: int) -> Batch:
+        idx = batch_indices(step, self.batch_size, len(self.train_set), self.seed)
+        idx = idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(data_seed(self.seed, step))
+            return collate([self.train_set.load(i) for i in idx])
+
+
+def step_loader(batches: StepBatches, start: int, stop: int, num_workers: int) -> torch.utils.data.DataLoader:
+    """Batches of steps ``start..stop-1`` in order, loaded by ``num_workers`` processes (0 = this one)."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
+                                       collate_fn=_as_is)
+
+
+def resume_identity(identity: dict) -> dict:
+    """What a checkpoint must match to be resumed: everything but the result-neutral train keys."""
+    out = dict(identity)
+    out["train"] = {k: v for k, v in identity.get("train", {}).items() if k not in RESUME_NEUTRAL_KEYS}
+    return out
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return keys
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
@@ -168,105 +234,191 @@ def init_distributed(device: torch.device) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
-def train(model: FOVSeg, train_set: TrainSet, text_embeds: Callable[[], torch.Tensor], *, out_dir: Path,
-          iterations: int, batch_size: int, lr: float, weight_decay: float, backbone_lr_mult: float,
-          warmup_iters: int, schedule: str, checkpoint_every: int, loss_weights: dict[str, float], amp: bool,
-          seed: int, device: torch.device, config: dict, log_every: int = 10,
-          on_metrics: Callable[[dict, int], None] | None = None,
-          on_step: Callable[[int], None] | None = None) -> dict:
-    """Train (or resume) into ``out_dir``; returns summary metrics. ``text_embeds()`` gives (C,E) embeddings
-    of the training vocabulary (cached, or recomputed with gradients when the text tower trains)."""
-    rank, world = _world()
-    model.to(device).train()
-    ddp_model: torch.nn.Module = model
-    if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-    opt = torch.optim.AdamW(param_groups(model, lr, weight_decay, backbone_lr_mult), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule, warmup_iters, iterations))
-    use_amp = amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    ckpt_path = out_dir / "last.pt"
-    chash = config_hash(config)
-    start, history, train_seconds = 0, [], 0.0
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("config_hash") == chash:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            start, history, train_seconds = ckpt["step"], ckpt["history"], ckpt.get("train_seconds", 0.0)
-            log.info("resuming from %s at iteration %d", ckpt_path, start)
-        else:
-            log.info("ignoring %s: it was written with a different configuration", ckpt_path)
+class TrainingRecipe:
+    """``setup()`` then ``train()``; ``identity`` (params, weights and data ids) decides what may resume."""
 
-    def save(step: int) -> None:
-        if rank == 0:
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "scaler": scaler.state_dict(), "step": step, "history": history,
-                          "config_hash": chash, "train_seconds": train_seconds}, ckpt_path)
+    def __init__(self, model: FOVSeg, train_set: TrainSet, text_source: Callable[[], torch.Tensor],
+                 cfg: TrainParams, *, seed: int, device: torch.device, checkpoint_dir: str | Path,
+                 identity: dict | None = None):
+        self.model, self.train_set, self.text_source, self.cfg = model, train_set, text_source, cfg
+        self.seed, self.device = seed, torch.device(device)
+        self.ckpt_path = Path(checkpoint_dir) / "last.pt"
+        self.identity = {**(identity or {}), "train": to_dict(cfg), "seed": seed}
+        self.loss_weights = {"fiser": cfg.loss_weights.fiser, "ce": cfg.loss_weights.ce}
+        self.rank, self.world = _world()
+        self.start, self.history, self.train_seconds = 0, [], 0.0
+        self.schedule_changed_at: int | None = None
 
-    stop = {"signal": None}
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg, model = self.cfg, self.model.to(self.device).train()
+        self.ddp_model: torch.nn.Module = model
+        if self.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_mult),
+                                           lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg.schedule, cfg.warmup_iters, cfg.iterations))
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        if self.ckpt_path.is_file():
+            self._resume(read_checkpoint(self.ckpt_path))
 
-    def handler(signum, _frame):
-        stop["signal"] = signum
+    def _resume(self, ckpt: dict) -> None:
+        want, have = resume_identity(self.identity), resume_identity(ckpt.get("identity") or {})
+        if want != have:
+            diff = _differences(have, want) or ["(checkpoint written by another version: no identity)"]
+            raise CheckpointError(
+                f"{self.ckpt_path} was trained with other settings ({'; '.join(diff[:6])}); it is kept as is. "
+                "Restore those settings to resume it, or move/delete it to train from scratch")
+        step = int(ckpt["step"])
+        if step > self.cfg.iterations:
+            raise CheckpointError(f"{self.ckpt_path} is at iteration {step}, past train.iterations = "
+                                  f"{self.cfg.iterations}; raise train.iterations, or move/delete the checkpoint "
+                                  "to train a shorter run from scratch")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])  # lr_lambdas are not in the state: the new total holds
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.start, self.history = step, list(ckpt["history"])
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+        self.schedule_changed_at = ckpt.get("schedule_changed_at")
+        if int(ckpt.get("iterations", self.cfg.iterations)) != self.cfg.iterations and step < self.cfg.iterations:
+            self.schedule_changed_at = step
+            log.warning("train.iterations changed %s -> %d: continuing from iteration %d with the schedule of "
+                        "the new total", ckpt.get("iterations"), self.cfg.iterations, step)
+        log.info("resuming from %s at iteration %d", self.ckpt_path, step)
 
-    # signal handlers exist only in the main thread (a Ray Tune trial runs in another one: it resumes from
-    # the last periodic checkpoint instead)
-    in_main = threading.current_thread() is threading.main_thread()
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
-    per_rank = max(1, batch_size // world)
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", disable=rank != 0)
-    try:
-        for step in bar:
+    # ------------------------------------------------------------------ step
+    def train_step(self, step: int, batch: Batch) -> dict:
+        """One optimisation step on ``batch``; returns the logged row."""
+        torch.manual_seed(model_seed(self.seed, step))  # this step's model-side draws (FiSeR)
+        device, model = self.device, self.model
+        with torch.autocast(device_type=device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            text = self.text_source().to(device)
+            use_fiser = model.fiser is not None and self.loss_weights.get("fiser", 0) > 0
+            out = self.ddp_model(batch.images.to(device), batch.masks.to(device), text,
+                                 fiser_class_sets=batch.class_sets if use_fiser else None)
+            terms = {"ce": mask_classification_loss(out["logits"].float(), batch.targets.to(device))}
+            if use_fiser:
+                terms["fiser"] = out["loss_fiser"]
+            loss = sum(self.loss_weights.get(k, 1.0) * v for k, v in terms.items())
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at iteration {step} (terms: "
+                f"{ {k: float(v) for k, v in terms.items()} }); the last good checkpoint is {self.ckpt_path}. "
+                "Lower train.lr or check the inputs")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"step": step + 1, "loss": loss.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
+                "lr": self.scheduler.get_last_lr()[0]}
+
+    # ------------------------------------------------------------------ save
+    def save_checkpoint(self, step: int) -> None:
+        if self.rank == 0:
+            _atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                          "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                          "step": step, "iterations": self.cfg.iterations, "history": self.history,
+                          "identity": self.identity, "train_seconds": self.train_seconds,
+                          "schedule_changed_at": self.schedule_changed_at}, self.ckpt_path)
+
+    def save_model(self, path: str | Path, extra: dict | None = None) -> None:
+        """The trained weights (what evaluate/benchmark/predict load) with ``extra`` metadata."""
+        if self.rank == 0:
+            _atomic_save({"model": self.model.state_dict(), "identity": self.identity, **(extra or {})}, Path(path))
+
+    # ------------------------------------------------------------------ loop
+    def train(self, on_metrics: Callable[[dict, int], None] | None = None,
+              on_step: Callable[[int], None] | None = None) -> dict:
+        """Train from the resumed step to ``iterations``; returns iterations, resumed_from, history,
+        train_seconds (all segments of the run) and it_per_s (iterations / train_seconds)."""
+        cfg = self.cfg
+        stop = {"signal": None}
+
+        def handler(signum, _frame):
+            stop["signal"] = signum
+
+        # signal handlers exist only in the main thread (a Ray Tune trial runs in another one: it resumes
+        # from the last periodic checkpoint instead)
+        in_main = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+        batches = StepBatches(self.train_set, cfg.batch_size, self.seed, self.rank, self.world)
+        bar = tqdm(total=cfg.iterations, initial=self.start, desc="train", disable=self.rank != 0)
+        step = self.start
+        try:
             t0 = time.perf_counter()
-            torch.manual_seed(seed * 1_000_003 + step)  # this step's augmentation and FiSeR draws
-            idx = batch_indices(step, batch_size, len(train_set), seed)[rank * per_rank:(rank + 1) * per_rank]
-            batch = collate([train_set.load(i) for i in idx])
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                text = text_embeds().to(device)
-                use_fiser = model.fiser is not None and loss_weights.get("fiser", 0) > 0
-                out = ddp_model(batch.images.to(device), batch.masks.to(device), text,
-                                fiser_class_sets=batch.class_sets if use_fiser else None)
-                terms = {"ce": mask_classification_loss(out["logits"].float(), batch.targets.to(device))}
-                if use_fiser:
-                    terms["fiser"] = out["loss_fiser"]
-                loss = sum(loss_weights.get(k, 1.0) * v for k, v in terms.items())
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at iteration {step} (terms: "
-                    f"{ {k: float(v) for k, v in terms.items()} }); the last good checkpoint is {ckpt_path}. "
-                    "Lower train.lr or check the inputs")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            train_seconds += time.perf_counter() - t0
-            row = {"step": step + 1, "loss": loss.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
-                   "lr": sched.get_last_lr()[0]}
-            history.append(row)
-            if rank == 0:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k.startswith("loss")},
-                                refresh=False)
-                if on_metrics and (step + 1) % log_every == 0:
-                    on_metrics(row, step + 1)
-            if on_step:
-                on_step(step + 1)
-            if (step + 1) % checkpoint_every == 0 or step + 1 == iterations:
-                save(step + 1)
-            if stop["signal"] is not None:
-                save(step + 1)
-                raise TrainingInterrupted(f"stopped by signal {stop['signal']} after iteration {step + 1}; "
-                                          f"checkpoint {ckpt_path}; run the stage again to resume")
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    its = (iterations - start) / train_seconds if train_seconds and iterations > start else 0.0
-    return {"iterations": iterations, "resumed_from": start, "history": history, "train_seconds": train_seconds,
-            "it_per_s": its}
+            for step, batch in enumerate(step_loader(batches, self.start, cfg.iterations, cfg.num_workers),
+                                         start=self.start):
+                row = self.train_step(step, batch)
+                self.train_seconds += time.perf_counter() - t0
+                self.history.append(row)
+                bar.update(1)
+                if self.rank == 0:
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k.startswith("loss")}, refresh=False)
+                    if on_metrics and (step + 1) % cfg.log_every == 0:
+                        on_metrics(row, step + 1)
+                if on_step:
+                    on_step(step + 1)
+                if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.iterations:
+                    self.save_checkpoint(step + 1)
+                if stop["signal"] is not None:
+                    self.save_checkpoint(step + 1)
+                    raise TrainingInterrupted(f"stopped by signal {stop['signal']} after iteration {step + 1}; "
+                                              f"checkpoint {self.ckpt_path}; run the stage again to resume")
+                t0 = time.perf_counter()
+        finally:
+            bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        its = cfg.iterations / self.train_seconds if self.train_seconds > 0 else 0.0
+        return {"iterations": cfg.iterations, "resumed_from": self.start, "history": self.history,
+                "train_seconds": self.train_seconds, "it_per_s": its,
+                "schedule_changed_at": self.schedule_changed_at}
+
+
+def summary_metrics(result: dict, counts: dict, device: torch.device) -> dict:
+    """metrics/train.json: parameter counts, time, speed and the mean of the last 10 logged loss terms."""
+    history = result["history"]
+    last = history[-10:]
+    return {**counts, "train_seconds": result["train_seconds"], "it_per_s": result["it_per_s"],
+            "iterations": result["iterations"], "resumed_from": result["resumed_from"],
+            **({"schedule_changed_at": result["schedule_changed_at"]}
+               if result.get("schedule_changed_at") is not None else {}),
+            "gpu_hours": result["train_seconds"] / 3600 * max(1, torch.cuda.device_count())
+            if device.type == "cuda" else 0.0,
+            "device": str(device),
+            **{k: sum(r.get(k, 0.0) for r in last) / max(len(last), 1) for k in (history[-1] if history else {})
+               if k.startswith("loss")}}
+
+
+def run_training(*, data: DataParams, clip: ClipParams, model: ModelParams, train: TrainParams, seed: int,
+                 device: torch.device, backbones_dir: str | Path, proposals_dir: str | Path | None,
+                 checkpoints_dir: str | Path, out_dir: str | Path, curve_path: str | Path,
+                 on_metrics: Callable[[dict, int], None] | None = None) -> dict:
+    """Build the classifier, train (or resume) it, write ``<out_dir>/model.pt`` and the curve CSV;
+    returns the metrics of ``metrics/train.json``."""
+    ready = build_classifier(clip, model, backbones_dir, device)
+    ds = BenchmarkDataset(get_benchmark(data.train_benchmark), dataset_root(data.root or None))
+    store = ProposalStore(proposals_dir) if train.mask_source != "gt" else None
+    train_set = TrainSet(ds, store, train.crop_size, train.lsj_min_scale, train.lsj_max_scale, train.mask_source,
+                         train.assign_iou, train.max_masks, train.data_fraction)
+    counts = count_parameters(ready.model)
+    identity = {"model": to_dict(model), "clip": to_dict(clip), "clip_weights": ready.weights_id,
+                "benchmark": data.train_benchmark,
+                "proposals": file_digest(Path(proposals_dir) / "index.json") if store is not None else None}
+    recipe = TrainingRecipe(ready.model, train_set, ready.text_source(ds.vocab, differentiable=model.tune_text),
+                            train, seed=seed, device=device, checkpoint_dir=checkpoints_dir, identity=identity)
+    recipe.setup()
+    result = recipe.train(on_metrics=on_metrics)
+    recipe.save_model(Path(out_dir) / "model.pt", {"params": counts})
+    write_curve(result["history"], Path(curve_path))
+    return summary_metrics(result, counts, device)
 
 
 def write_curve(history: list[dict], path: Path) -> None:

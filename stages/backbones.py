@@ -9,10 +9,10 @@ import torch
 from models.clip_backbone import build_clip
 from models.generators import build_mask2former
 from pipeline.backbones import pretrain_clip, pretrain_mask2former
+from pipeline.builder import TOY_CLIP_FILE, TOY_GENERATOR_DIR
 from pipeline.config import Params
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import dataset_root, get_benchmark
-from pipeline.modeling import TOY_CLIP_FILE
 from pipeline.runtime import pick_device, write_metrics
 from stages.common import parser, run, tracker
 
@@ -45,7 +45,7 @@ def main(args, params: Params) -> dict:
             train = BenchmarkDataset(get_benchmark(params.data.train_benchmark), root)
             model, m = pretrain_mask2former(train, gen_p.image_size, pp.steps, pp.batch_size, pp.lr,
                                             pp.weight_decay, params.seed, device)
-            model.save_pretrained(out / "mask2former")
+            model.save_pretrained(out / TOY_GENERATOR_DIR)
             m.pop("m2f_loss_curve")
             metrics.update(m)
         write_metrics(args.metrics, metrics)
@@ -54,10 +54,7 @@ def main(args, params: Params) -> dict:
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--out", default="outputs/backbones")
-    ap.add_argument("--metrics", default="metrics/backbones.json")
-    return ap
+    return parser(__doc__, "out", "metrics")
 
 
 if __name__ == "__main__":

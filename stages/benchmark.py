@@ -7,18 +7,12 @@ import json
 from pathlib import Path
 
 from models.trainable import count_parameters
+from pipeline.builder import build_classifier
 from pipeline.config import Params
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
 from pipeline.efficiency import compare_vocabularies
-from pipeline.modeling import (
-    TEXT_CACHE_DIR,
-    load_checkpoint_weights,
-    prepare_classifier,
-    trained_weights_id,
-    vocabulary_embeddings,
-)
 from pipeline.runtime import init_seed_and_device, write_metrics
 from stages.common import parser, run, tracker
 
@@ -26,17 +20,14 @@ from stages.common import parser, run, tracker
 def main(args, params: Params) -> dict:
     device = init_seed_and_device(params.seed, params.device)
     bp, ev = params.benchmark, params.evaluate
-    model, tokenizer, weights_id = prepare_classifier(params.backbones.clip, params.model, args.backbones, device)
-    load_checkpoint_weights(model, args.checkpoint)
-    weights_id = trained_weights_id(weights_id, args.checkpoint, params.model)
+    ready = build_classifier(params.backbones.clip, params.model, args.backbones, device, checkpoint=args.checkpoint)
+    model = ready.model
     root = dataset_root(params.data.root or None)
     runs = {}
     for name in params.data.eval_benchmarks:  # every benchmark; the ratio compares small_vocab and large_vocab
         store = Path(args.proposals_root) / name
         ds = BenchmarkDataset(get_benchmark(name), root)
-        text = vocabulary_embeddings(model, tokenizer, ds.vocab, params.model.templates, TEXT_CACHE_DIR,
-                                     params.backbones.clip.model, weights_id, device)
-        runs[name] = (ds, ProposalStore(store), text)
+        runs[name] = (ds, ProposalStore(store), ready.text_embeddings(ds.vocab))
     figures = compare_vocabularies(model, runs, repeats=3, n_images=bp.n_images, n_proposals=bp.n_proposals,
                                    short=ev.test_short_side, max_size=ev.test_max_side, device=device)
     train = json.loads(Path(args.train_metrics).read_text())
@@ -55,13 +46,7 @@ def main(args, params: Params) -> dict:
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--backbones", default="outputs/backbones")
-    ap.add_argument("--checkpoint", default="outputs/train/model.pt")
-    ap.add_argument("--train-metrics", default="metrics/train.json")
-    ap.add_argument("--proposals-root", default="outputs/proposals", help="holds one proposal store per benchmark")
-    ap.add_argument("--metrics", default="metrics/benchmark.json")
-    return ap
+    return parser(__doc__, "backbones", "checkpoint", "train-metrics", "proposals-root", "metrics")
 
 
 if __name__ == "__main__":

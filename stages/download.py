@@ -32,7 +32,7 @@ def build_parser():
     ap = parser(__doc__)
     ap.add_argument("--root", default=None, help="dataset root (default: data.root, $DETECTRON2_DATASETS, datasets/)")
     ap.add_argument("--datasets", nargs="*", default=None, help="override data.download")
-    ap.add_argument("--manifest", default="outputs/datasets.json")
+    ap.add_argument("--manifest", required=True)
     return ap
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from pathlib import Path
 
 from tqdm import tqdm
 
-from models.generators import Mask2FormerGenerator, build_mask2former
+from models.generators import Mask2FormerGenerator
+from pipeline.builder import build_generator, generator_name
 from pipeline.config import Params
 from pipeline.data.loaders import BenchmarkDataset, iter_samples
 from pipeline.data.proposal_store import ProposalWriter
@@ -19,13 +19,12 @@ from stages.common import parser, run, tracker
 def main(args, params: Params) -> dict:
     gen_p, prop_p = params.backbones.generator, params.proposals
     device = pick_device(params.device)
-    name = gen_p.name if gen_p.source == "hub" else str(Path(args.backbones) / "mask2former")
-    generator = Mask2FormerGenerator(build_mask2former(name), gen_p.image_size, prop_p.max_proposals,
-                                     prop_p.mask_threshold, prop_p.min_area, device)
+    generator = build_generator(gen_p, prop_p, args.backbones, device)
     ds = BenchmarkDataset(get_benchmark(args.benchmark), dataset_root(params.data.root or None))
     t0 = time.perf_counter()
     counter: Counter = Counter()
-    with ProposalWriter(args.out, meta={"generator": name, "benchmark": args.benchmark,
+    with ProposalWriter(args.out, meta={"generator": generator_name(gen_p, args.backbones),
+                                        "benchmark": args.benchmark,
                                         **{k: getattr(prop_p, k) for k in ("max_proposals", "mask_threshold",
                                                                            "min_area")}}) as writer:
         batch: list = []
@@ -50,12 +49,7 @@ def _flush(generator: Mask2FormerGenerator, batch: list, writer: ProposalWriter)
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--benchmark", required=True)
-    ap.add_argument("--backbones", default="outputs/backbones")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--metrics", required=True)
-    return ap
+    return parser(__doc__, "benchmark", "backbones", "out", "metrics")
 
 
 if __name__ == "__main__":

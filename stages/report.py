@@ -16,10 +16,7 @@ def main(args, params: Params) -> dict:
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--metrics", default="metrics")
-    ap.add_argument("--out", default="reports")
-    return ap
+    return parser(__doc__, "metrics", "out")
 
 
 if __name__ == "__main__":

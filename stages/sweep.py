@@ -18,13 +18,8 @@ def main(args, params: Params) -> dict:
 
 
 def build_parser():
-    ap = parser(__doc__)
-    ap.add_argument("--grid", required=True, help="a grid name (pipeline/sweeps/<grid>.yaml)")
-    ap.add_argument("--backbones", required=True)
-    ap.add_argument("--proposals-root", required=True, help="folder with one proposal store per benchmark")
-    ap.add_argument("--out", required=True, help="trial folders and the proposal cache of other generators")
-    ap.add_argument("--storage", required=True, help="Ray Tune results (shared storage when on a cluster)")
-    ap.add_argument("--metrics", required=True, help="results JSON (metrics/sweeps/<grid>.json)")
+    ap = parser(__doc__, "backbones", "proposals-root", "out", "storage", "metrics")
+    ap.add_argument("grid", help="a grid name (pipeline/sweeps/<grid>.yaml) or a grid YAML file")
     ap.add_argument("--address", default=None, help="attach to a Ray cluster (default: $RAY_ADDRESS, else local)")
     ap.add_argument("--max-concurrent", type=int, default=None)
     ap.add_argument("--seeds", default="", help="comma-separated seeds (default: sweep.seeds)")

@@ -1,27 +1,20 @@
-"""Shared fixtures: a small generated toy world and the shared COCO-panoptic sample."""
+"""Shared fixtures: a small generated toy world and the COCO-panoptic sample in tests/fixtures."""
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+# the text-embedding cache lives outside the repository (pipeline.builder.text_cache_dir); tests use a fresh one
+os.environ.setdefault("FOVSEG_CACHE", tempfile.mkdtemp(prefix="fovseg-test-cache-"))
 REPO = Path(__file__).resolve().parents[1]
 
-def _shared_dir() -> Path:
-    """``$FOVSEG_SHARED``, else the ``shared/`` folder beside the checkout (as CI lays it out)."""
-    if os.environ.get("FOVSEG_SHARED"):
-        return Path(os.environ["FOVSEG_SHARED"])
-    for parent in REPO.parents:
-        if (parent / "shared" / "data").is_dir():
-            return parent / "shared"
-    return REPO.parent / "shared"
-
-
-SHARED = _shared_dir()
-COCO_SAMPLE = SHARED / "data" / "coco_panoptic_sample"
+FIXTURES = REPO / "tests" / "fixtures"
+COCO_SAMPLE = FIXTURES / "coco_panoptic_sample"  # two COCO val2017 images, see its LICENSE.md
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +29,7 @@ def toy_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def coco_root(tmp_path_factory) -> Path:
-    """The shared sample arranged in the detectron2 layout as coco_panoptic_val."""
-    if not COCO_SAMPLE.is_dir():
-        pytest.fail(f"shared COCO sample not found at {COCO_SAMPLE}; set FOVSEG_SHARED")
+    """The fixture sample arranged in the detectron2 layout as coco_panoptic_val."""
     root = tmp_path_factory.mktemp("coco")
     (root / "coco" / "annotations").mkdir(parents=True)
     shutil.copytree(COCO_SAMPLE / "images", root / "coco" / "val2017")

@@ -28,12 +28,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.data.formats import DatasetError, read_json, write_json, write_label_map
+from pipeline.errors import DownloadError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-class DownloadError(RuntimeError):
-    """A download failed (HTTP error, checksum mismatch, full disk); the message says what to do."""
 
 
 # ----------------------------------------------------------------------------- fetching

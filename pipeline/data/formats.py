@@ -16,9 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-
-class DatasetError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent; the message names the file."""
+from pipeline.errors import DatasetError  # noqa: F401  (re-exported)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.data.vocab import Vocabulary, load_packaged_vocabulary
+from pipeline.errors import UnknownBenchmarkError
 
 DEFAULT_ROOT = "datasets"
 
@@ -84,7 +85,8 @@ def get_benchmark(name: str) -> Benchmark:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        raise KeyError(f"unknown benchmark {name!r}; valid benchmarks: {', '.join(sorted(BENCHMARKS))}") from None
+        raise UnknownBenchmarkError(
+            f"unknown benchmark {name!r}; valid benchmarks: {', '.join(sorted(BENCHMARKS))}") from None
 
 
 def dataset_root(root: str | Path | None = None) -> Path:

@@ -2,7 +2,7 @@
 
 Large-scale jitter (LSJ): resize by a random factor of the crop size in [min_scale, max_scale],
 then a fixed-size crop, padding where the image is smaller (image 0, segment ids 0 = void,
-semantic ``ignore``, proposals 0). Test time: short side ``short``, long side at most ``max_size``.
+proposals 0). Test time: short side ``short``, long side at most ``max_size``.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 
-def lsj_transform(crop_size: int, min_scale: float, max_scale: float, ignore_label: int = 255) -> v2.Transform:
+def lsj_transform(crop_size: int, min_scale: float, max_scale: float) -> v2.Transform:
     fill = {tv_tensors.Image: 0, tv_tensors.Mask: 0, "others": 0}
     return v2.Compose([
         v2.ScaleJitter((crop_size, crop_size), scale_range=(min_scale, max_scale), antialias=True),

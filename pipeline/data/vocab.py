@@ -4,11 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
-
-class VocabularyError(ValueError):
-    """A vocabulary is empty, has duplicate names or cannot be read."""
+from pipeline.errors import VocabularyError  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -61,16 +58,9 @@ class Vocabulary:
         """Dataset category id -> contiguous label."""
         return {c.id: i for i, c in enumerate(self.classes)}
 
-    def subset(self, name: str, names: list[str]) -> "Vocabulary":
-        by_name = {c.name: c for c in self.classes}
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise VocabularyError(f"vocabulary {self.name!r} has no classes {missing}")
-        return Vocabulary(name, tuple(by_name[n] for n in names))
-
 
 def vocabulary_from_records(name: str, records: list[dict]) -> Vocabulary:
-    """Build from the json records of ``pipeline/vocab/*.json`` (see ../shared/vocab/README.md)."""
+    """Build from the json records of ``pipeline/vocab/*.json`` (name, id, isthing, synonyms, color)."""
     classes = []
     for i, r in enumerate(records):
         if "name" not in r:
@@ -95,12 +85,3 @@ def load_packaged_vocabulary(file_stem: str) -> Vocabulary:
     if not path.is_file():
         raise VocabularyError(f"no packaged vocabulary {file_stem!r} (looked for {path})")
     return vocabulary_from_records(file_stem, json.loads(path.read_text()))
-
-
-def load_vocabulary_file(path: str | Path) -> Vocabulary:
-    path = Path(path)
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise VocabularyError(f"cannot read vocabulary {path}: {exc}") from None
-    return vocabulary_from_records(path.stem, records)

@@ -50,3 +50,10 @@ def test_bad_params_name_the_key(mutate, match):
 def test_round_trip_to_dict():
     p = load_params(REPO / "params.yaml")
     assert params_from_dict(to_dict(p)) == p
+
+
+def test_dataclass_defaults_are_the_params_yaml_toy_preset():
+    """One set of defaults: the dataclasses hold exactly the toy preset of params.yaml."""
+    from pipeline.config import Params
+
+    assert to_dict(Params()) == to_dict(load_params(REPO / "params.yaml"))

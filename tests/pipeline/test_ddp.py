@@ -21,9 +21,10 @@ def _worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -> No
     from models.clip_backbone import build_clip
     from models.mask_encoder import TevaConfig
     from models.trainable import select_trainable
+    from pipeline.config import TrainParams
     from pipeline.data.loaders import BenchmarkDataset
     from pipeline.data.registry import get_benchmark
-    from pipeline.training import TrainSet, init_distributed, train
+    from pipeline.training import TrainingRecipe, TrainSet, init_distributed
 
     init_distributed(torch.device("cpu"))
     torch.manual_seed(0)
@@ -33,10 +34,12 @@ def _worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -> No
     ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
     emb = torch.nn.functional.normalize(torch.randn(len(ds.vocab), model.embed_dim,
                                                     generator=torch.Generator().manual_seed(1)), dim=-1)
-    train(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 8), lambda: emb, out_dir=Path(out_dir),
-          iterations=2, batch_size=4, lr=1e-3, weight_decay=0.05, backbone_lr_mult=0.1, warmup_iters=0,
-          schedule="poly", checkpoint_every=2, loss_weights={"ce": 2.0, "fiser": 1.0}, amp=True, seed=0,
-          device=torch.device("cpu"), config={})
+    cfg = TrainParams(iterations=2, batch_size=4, warmup_iters=0, checkpoint_every=2, crop_size=64, mask_source="gt",
+                      max_masks=8, amp=True)
+    recipe = TrainingRecipe(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 8), lambda: emb, cfg, seed=0,
+                            device=torch.device("cpu"), checkpoint_dir=Path(out_dir))
+    recipe.setup()
+    recipe.train()
     q = model.visual.blocks[0].attn.q_proj.weight.detach().clone()
     gathered = [torch.zeros_like(q) for _ in range(world)]
     dist.all_gather(gathered, q)

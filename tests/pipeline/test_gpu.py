@@ -18,9 +18,10 @@ def test_amp_training_steps_on_cuda(cuda, toy_root, tmp_path):
     from models.clip_backbone import build_clip
     from models.mask_encoder import TevaConfig
     from models.trainable import select_trainable
+    from pipeline.config import TrainParams
     from pipeline.data.loaders import BenchmarkDataset
     from pipeline.data.registry import get_benchmark
-    from pipeline.training import TrainSet, train
+    from pipeline.training import TrainingRecipe, TrainSet
 
     torch.manual_seed(0)
     clip, _ = build_clip("fovseg-tiny", allow_random=True)
@@ -28,10 +29,12 @@ def test_amp_training_steps_on_cuda(cuda, toy_root, tmp_path):
     select_trainable(model, "q")
     ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
     emb = F.normalize(torch.randn(len(ds.vocab), model.embed_dim), dim=-1).to(cuda)
-    result = train(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 8), lambda: emb, out_dir=tmp_path,
-                   iterations=4, batch_size=4, lr=1e-3, weight_decay=0.05, backbone_lr_mult=0.1, warmup_iters=0,
-                   schedule="poly", checkpoint_every=2, loss_weights={"ce": 2.0, "fiser": 1.0}, amp=True, seed=0,
-                   device=cuda, config={})
+    cfg = TrainParams(iterations=4, batch_size=4, warmup_iters=0, checkpoint_every=2, crop_size=64, mask_source="gt",
+                      max_masks=8, amp=True)
+    recipe = TrainingRecipe(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 8), lambda: emb, cfg, seed=0,
+                            device=cuda, checkpoint_dir=tmp_path)
+    recipe.setup()
+    result = recipe.train()
     assert len(result["history"]) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result["history"])
 
 

@@ -3,7 +3,12 @@ import pytest
 
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import get_benchmark
-from pipeline.evaluation import evaluate
+from pipeline.evaluation import (
+    GroundTruthProposals,
+    OracleClassifier,
+    default_evaluators,
+    inference_on_dataset,
+)
 from pipeline.metrics import PQStat, SemanticStat
 
 
@@ -82,11 +87,9 @@ def test_semantic_metrics_known_case():
 
 
 def test_coco_sample_ground_truth_against_itself(coco_root):
-    """The shared COCO sample scored against its own ground truth gives PQ 100 and mIoU 100."""
-    import torch
-
+    """The COCO sample fixture scored against its own ground truth gives PQ 100 and mIoU 100."""
     ds = BenchmarkDataset(get_benchmark("coco_panoptic_val"), coco_root)
-    out = evaluate(None, ds, None, proposals=None, short_side=800, max_side=1333, object_threshold=0.5,
-                   overlap_threshold=0.8, device=torch.device("cpu"), oracle_classifier=True)
+    out = inference_on_dataset(ds, GroundTruthProposals(), OracleClassifier(len(ds.vocab)), default_evaluators(ds),
+                               object_threshold=0.5, overlap_threshold=0.8)
     assert out["images"] == 2
     assert out["PQ"] == pytest.approx(100) and out["mIoU"] == pytest.approx(100)

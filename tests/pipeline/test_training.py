@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import os
 import signal
 
@@ -10,9 +11,15 @@ from models.classifier import FOVSeg
 from models.clip_backbone import build_clip
 from models.mask_encoder import TevaConfig
 from models.trainable import select_trainable
+from pipeline.config import LossWeights, TrainParams
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import get_benchmark
-from pipeline.training import TrainingDiverged, TrainingInterrupted, TrainSet, train
+from pipeline.errors import CheckpointError, FovsegError
+from pipeline.training import TrainingDiverged, TrainingInterrupted, TrainingRecipe, TrainSet
+
+CFG = TrainParams(iterations=6, batch_size=2, lr=1e-3, weight_decay=0.05, backbone_lr_mult=0.1, warmup_iters=2,
+                  schedule="poly", crop_size=64, checkpoint_every=2, amp=True, loss_weights=LossWeights(1.0, 2.0),
+                  mask_source="gt", max_masks=12, num_workers=0, log_every=1)
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +31,22 @@ def base_model():
     return model
 
 
-def _run(model, toy_root, out_dir, text=None, on_step=None, iterations=6):
+def _run(model, toy_root, out_dir, text=None, on_step=None, **changes):
+    cfg = dataclasses.replace(CFG, **changes)
     ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
-    ts = TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 12)
+    ts = TrainSet(ds, None, cfg.crop_size, cfg.lsj_min_scale, cfg.lsj_max_scale, cfg.mask_source, cfg.assign_iou,
+                  cfg.max_masks)
     emb = text if text is not None else F.normalize(torch.randn(len(ds.vocab), model.embed_dim,
                                                                 generator=torch.Generator().manual_seed(1)), dim=-1)
-    return train(model, ts, lambda: emb, out_dir=out_dir, iterations=iterations, batch_size=2, lr=1e-3,
-                 weight_decay=0.05, backbone_lr_mult=0.1, warmup_iters=2, schedule="poly", checkpoint_every=2,
-                 loss_weights={"ce": 2.0, "fiser": 1.0}, amp=True, seed=0, device=torch.device("cpu"),
-                 config={"test": 1}, on_step=on_step)
+    recipe = TrainingRecipe(model, ts, lambda: emb, cfg, seed=0, device=torch.device("cpu"), checkpoint_dir=out_dir,
+                            identity={"test": 1})
+    recipe.setup()
+    return recipe.train(on_step=on_step)
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_killed_and_resumed_run_matches_uninterrupted(base_model, toy_root, tmp_path):
@@ -52,9 +66,51 @@ def test_killed_and_resumed_run_matches_uninterrupted(base_model, toy_root, tmp_
     c = copy.deepcopy(base_model)  # a fresh process would rebuild the model from the backbones
     rc = _run(c, toy_root, tmp_path / "b")
     assert rc["resumed_from"] == 3
-    sa, sc = a.state_dict(), c.state_dict()
-    assert all(torch.equal(sa[k], sc[k]) for k in sa), "resumed weights differ from the uninterrupted run"
+    assert _same_weights(a, c), "resumed weights differ from the uninterrupted run"
     assert [r["loss"] for r in rc["history"]] == [r["loss"] for r in ra["history"]]
+
+
+def test_data_loader_workers_do_not_change_the_weights(base_model, toy_root, tmp_path):
+    a, b = copy.deepcopy(base_model), copy.deepcopy(base_model)
+    ra = _run(a, toy_root, tmp_path / "w0", iterations=3, num_workers=0)
+    rb = _run(b, toy_root, tmp_path / "w2", iterations=3, num_workers=2)
+    assert [r["loss"] for r in ra["history"]] == [r["loss"] for r in rb["history"]]
+    assert _same_weights(a, b), "2 loader workers gave other weights than loading in the main process"
+
+
+def test_resume_ignores_result_neutral_keys(base_model, toy_root, tmp_path):
+    _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=4)
+    before = torch.load(tmp_path / "last.pt", weights_only=True)
+    r = _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=4, log_every=3, checkpoint_every=1,
+             num_workers=1)
+    assert r["resumed_from"] == 4 and len(r["history"]) == 4
+    assert r["train_seconds"] == pytest.approx(before["train_seconds"])
+    assert r["it_per_s"] == pytest.approx(4 / before["train_seconds"]) and r["it_per_s"] > 0
+
+
+def test_extending_iterations_continues_with_the_new_schedule(base_model, toy_root, tmp_path):
+    _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=4)
+    first = torch.load(tmp_path / "last.pt", weights_only=True)
+    r = _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=6)
+    assert r["resumed_from"] == 4 and r["schedule_changed_at"] == 4 and len(r["history"]) == 6
+    assert [h["loss"] for h in r["history"][:4]] == [h["loss"] for h in first["history"]]
+    total = torch.load(tmp_path / "last.pt", weights_only=True)["train_seconds"]
+    assert total > first["train_seconds"] and r["it_per_s"] == pytest.approx(6 / total)
+    # steps 5-6 follow the poly decay of the 6-iteration schedule: factor (1 - (s - warmup) / (6 - warmup)) ** 0.9
+    # relative to the peak after warmup (row 1); the 4-iteration schedule would have reached 0 at step 4
+    assert r["history"][4]["lr"] / r["history"][1]["lr"] == pytest.approx((1 - 3 / 4) ** 0.9)
+
+
+def test_a_result_changing_key_refuses_to_resume_and_keeps_the_checkpoint(base_model, toy_root, tmp_path):
+    _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2)
+    ckpt = tmp_path / "last.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(CheckpointError, match=r"train\.lr: 0\.001 -> 0\.002.*kept as is") as exc:
+        _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2, lr=2e-3)
+    assert isinstance(exc.value, FovsegError)
+    with pytest.raises(CheckpointError, match="past train.iterations"):
+        _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=1)
+    assert ckpt.read_bytes() == before
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(base_model, toy_root, tmp_path):
