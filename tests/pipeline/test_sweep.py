@@ -363,3 +363,20 @@ def test_real_two_row_two_seed_grid_on_ray(ray_head, tiny_inputs, toy_root, tmp_
     assert summary["failed_trials"] == 0 and [r["n"] for r in summary["rows"]] == [2, 2]
     assert all(np.isfinite(v) for r in summary["rows"] for v in r["values"]["toy_open/PQ"])
     assert (tmp_path / "out" / "trials" / "2__seed1" / "checkpoints" / "last.pt").is_file()
+
+
+def test_data_fraction_is_a_fixed_nested_subset(toy_root):
+    from pipeline.data.loaders import BenchmarkDataset
+    from pipeline.data.registry import get_benchmark
+    from pipeline.training import TrainSet, training_subset
+
+    assert training_subset(10, 1.0) == list(range(10))
+    small, large = training_subset(1000, 0.01), training_subset(1000, 0.2)
+    assert len(small) == 10 and len(large) == 200 and set(small) <= set(large)
+    assert training_subset(1000, 0.01) == small  # the same images for every seed and run
+    assert len(training_subset(5, 0.001)) == 1
+    ts = TrainSet(BenchmarkDataset(get_benchmark("toy_train"), toy_root), None, 64, 0.5, 1.5, "gt", 0.5, 12,
+                  data_fraction=0.5)
+    assert len(ts) == 6 and ts.load(0)[0].shape[-1] == 64
+    with pytest.raises(GridError, match="train.data_fraction"):
+        trial_params(load_params(REPO / "params.yaml"), {"train.data_fraction": 0.0})
