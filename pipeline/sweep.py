@@ -4,11 +4,12 @@ A grid (``pipeline/sweeps/<name>.yaml``) lists named rows of dotted params overr
 configuration (params.yaml + the preset's ``_base.yaml`` overrides); the sweep runs rows x seeds as Tune
 trials. Every row is validated by building its :class:`Params` before anything starts.
 
-Layout under ``out`` (deterministic, so a re-run finds its work again):
-``trials/<row>__seed<k>/`` (checkpoints, model, predictions, metrics of one trial) and
-``proposals/<generator key>/<bench>/`` (proposals of a row whose generator differs from the base one).
-Ray Tune's experiment state lives under ``storage`` (shared storage on a cluster); re-running the same
-command restores it: finished trials are not run again and interrupted ones resume from their checkpoint.
+Layout under ``out`` (deterministic, so a re-run finds its work again): ``<experiment>/<row>__seed<k>/``
+(checkpoints, model, predictions, metrics of one trial; ``<experiment>`` = grid, preset and a fingerprint of
+rows, seeds, base params and git commit) and ``proposals/<generator key>/<bench>/`` (proposals of a row whose
+generator differs from the base one). Ray Tune's experiment state lives under ``storage/<experiment>``
+(shared storage on a cluster); re-running the same command restores it: finished trials are not run again
+and interrupted ones resume from their last training checkpoint.
 """
 from __future__ import annotations
 
@@ -70,9 +71,12 @@ class Grid:
     base: dict[str, Any]  # preset base overrides applied before every row's
     x_key: str = ""
 
-    def fingerprint(self, seeds: tuple[int, ...], preset: str) -> str:
+    def fingerprint(self, seeds: tuple[int, ...], params: Params, code: str) -> str:
+        """Identifies a sweep: rows, seeds, benchmarks, the base params (``sweep`` runtime knobs aside) and the
+        code version. The same command re-run finds its experiment again; any change starts a new one."""
+        base = {k: v for k, v in to_dict(params).items() if k != "sweep"}
         blob = json.dumps({"rows": [dataclasses.asdict(r) for r in self.rows], "base": self.base, "seeds": seeds,
-                           "benchmarks": self.benchmarks, "preset": preset}, sort_keys=True, default=str)
+                           "benchmarks": self.benchmarks, "params": base, "code": code}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -343,7 +347,7 @@ def _tune_trainable(config: dict, context: dict) -> None:
 
     setup_logging()
     base = params_from_dict(context["base_params"], "sweep base params")
-    trial_dir = Path(context["out"]) / "trials" / spec["name"]
+    trial_dir = Path(context["trials"]) / spec["name"]
     trial_fn: TrialFn = context["trial_fn"]
     metrics = trial_fn(base, spec["trial_overrides"], trial_dir, SharedInputs(**context["shared"]),
                        benchmarks=context["benchmarks"], evaluation=spec["evaluation"])
@@ -404,20 +408,22 @@ def run_sweep(grid_name: str, params: Params, opts: SweepOptions) -> dict:
                for row in grid.rows if row.blocked for seed in seeds]
     for b in blocked:
         log.warning("%s", b["error"])
-    opts.out.mkdir(parents=True, exist_ok=True)
+    # trial folders are per experiment, so a changed configuration never meets another one's checkpoints
+    name = f"{grid.name}-{params.preset}-{grid.fingerprint(seeds, params, git_commit())}"
+    trials_root = opts.out / name
+    trials_root.mkdir(parents=True, exist_ok=True)
     opts.storage.mkdir(parents=True, exist_ok=True)
     shared = SharedInputs(str(opts.backbones.resolve()), str(opts.proposals_root.resolve()),
                           str((opts.out / "proposals").resolve()), str(Path.cwd().resolve()),
                           generator_key(params))
     sp = params.sweep
     context = {"grid": grid.name, "base_params": to_dict(_absolute_data_root(params)),
-               "out": str(opts.out.resolve()), "workdir": str(Path.cwd().resolve()),
+               "trials": str(trials_root.resolve()), "workdir": str(Path.cwd().resolve()),
                "benchmarks": list(grid.benchmarks), "shared": dataclasses.asdict(shared),
                "cpus_per_trial": sp.cpus_per_trial, "trial_fn": opts.trial_fn}
     trainable = tune.with_resources(tune.with_parameters(_tune_trainable, context=context),
                                     {"cpu": sp.cpus_per_trial, "gpu": sp.gpus_per_trial})
     _init_ray(params, opts.address)
-    name = f"{grid.name}-{params.preset}-{grid.fingerprint(seeds, params.preset)}"
     exp_path = str(opts.storage.resolve() / name)
     t0 = time.perf_counter()
     if tune.Tuner.can_restore(exp_path):
@@ -438,7 +444,7 @@ def run_sweep(grid_name: str, params: Params, opts: SweepOptions) -> dict:
     results = tuner.fit() if specs else []
     wall = time.perf_counter() - t0
     trials = [_trial_outcome(r) for r in results] + blocked
-    summary = summarize(grid, params.preset, seeds, trials, wall)
+    summary = {**summarize(grid, params.preset, seeds, trials, wall), "experiment": name}
     write_metrics(opts.metrics, summary)
     log_sweep_to_mlflow(grid, params, trials, name, opts.tracking_uri)
     log.info("sweep %s: %d trials, %d failed, %.0f s -> %s", grid.name, len(trials), summary["failed_trials"], wall,
