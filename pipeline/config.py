@@ -247,8 +247,10 @@ class TrainParams:
     max_masks: int = 24
     num_workers: int = 0
     log_every: int = 10
+    data_fraction: float = 1.0  # train on a fixed deterministic subset of the training images (Fig. 9)
 
     def validate(self, key: str) -> None:
+        _check(0 < self.data_fraction <= 1, f"{key}.data_fraction", "must be in (0, 1]")
         _check(1 <= self.iterations <= MAX_ITERATIONS, f"{key}.iterations", f"must be in [1, {MAX_ITERATIONS}]")
         _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
         _check(0 < self.lr < 1, f"{key}.lr", "must be in (0, 1)")
@@ -303,6 +305,29 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class SweepParams:
+    """Ablation sweeps on Ray Tune (pipeline.sweep); grids are pipeline/sweeps/<name>.yaml."""
+
+    grids: tuple[str, ...] = ("modules",)  # what the DVC `sweep` stage runs
+    seeds: tuple[int, ...] = (0, 1)
+    cpus_per_trial: float = 1.0  # fractional allowed
+    gpus_per_trial: float = 0.0  # fractional allowed
+    num_cpus: int = 0  # CPUs of a local Ray instance; 0 = os.cpu_count() (ignored when attaching to a cluster)
+    max_concurrent: int = 0  # 0 = as many as the resources allow
+    max_failures: int = 1  # retries of a trial that raised
+
+    def validate(self, key: str) -> None:
+        _check(len(self.grids) >= 1, f"{key}.grids", "needs at least one grid name")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), f"{key}.seeds",
+               "needs at least one seed, without repeats")
+        _check(self.cpus_per_trial > 0, f"{key}.cpus_per_trial", "must be > 0")
+        _check(self.gpus_per_trial >= 0, f"{key}.gpus_per_trial", "must be >= 0")
+        _check(self.num_cpus >= 0, f"{key}.num_cpus", "must be >= 0")
+        _check(self.max_concurrent >= 0, f"{key}.max_concurrent", "must be >= 0")
+        _check(self.max_failures >= 0, f"{key}.max_failures", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class Params:
     preset: Literal["toy", "paper"] = "toy"
     seed: int = 0
@@ -315,6 +340,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
+    sweep: SweepParams = field(default_factory=SweepParams)
 
     def validate(self, key: str = "") -> None:
         _check(self.preset in ("toy", "paper"), "preset", "must be 'toy' or 'paper'")
