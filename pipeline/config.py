@@ -35,7 +35,7 @@ class ToyWorldParams:
     n_val: int = 64
     n_open: int = 64
     n_captions: int = 12000
-    max_things: int = 4
+    max_things: int = 3
 
     def validate(self, key: str) -> None:
         _check(32 <= self.image_size <= 1024, f"{key}.image_size", "must be in [32, 1024]")
