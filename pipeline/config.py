@@ -64,7 +64,7 @@ class ToyWorldParams:
     n_val: int = 64
     n_open: int = 64
     n_captions: int = 12000
-    max_things: int = 4
+    max_things: int = 3
 
     def validate(self, key: str) -> None:
         _check(0 <= self.seed <= MAX_SEED, f"{key}.seed", f"must be in [0, {MAX_SEED}]")
