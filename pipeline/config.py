@@ -61,8 +61,8 @@ class ToyWorldParams:
     seed: int = 0
     image_size: int = 96
     n_train: int = 480
-    n_val: int = 64
-    n_open: int = 64
+    n_val: int = 256
+    n_open: int = 256
     n_captions: int = 12000
     max_things: int = 3
 
@@ -233,7 +233,7 @@ class TrainParams:
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.05
-    backbone_lr_mult: float = 0.1
+    backbone_lr_mult: float = 1.0
     warmup_iters: int = 20
     schedule: Literal["poly", "cosine", "constant"] = "poly"
     lsj_min_scale: float = 0.5
