@@ -70,7 +70,7 @@ def pretrain_clip(model_name: str, captions_root: Path, steps: int, batch_size: 
 @torch.no_grad()
 def zero_shot_accuracy(model: torch.nn.Module, tokenizer, size: int, seed: int, device: torch.device,
                        n: int = 240) -> float:
-    """Top-1 over the 48 single-object thing classes on freshly rendered images (chance ~2%)."""
+    """Top-1 over the single-object thing classes (32) on freshly rendered images (chance ~3%)."""
     things = [c for c in TOY_CLASSES if c.info.isthing]
     stuffs = [c for c in TOY_CLASSES if not c.info.isthing]
     rng = np.random.default_rng([seed, 12345])

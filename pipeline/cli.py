@@ -7,6 +7,7 @@
 - ``fovseg preset {toy,paper,paper_coco_stuff}``: switch params.yaml to a preset (refuses to overwrite edits).
 - ``fovseg evaluate --gt_json_file ... --pred_json_file ...`` (panoptic) or ``--gt_folder --pred_folder --vocab``
   (semantic): score a prediction folder, no model needed (see ``fovseg evaluate -h``).
+- ``fovseg sweep GRID``: run a Table IV / Fig. 9 ablation grid on Ray Tune (resumable; see pipeline/sweeps/).
 """
 from __future__ import annotations
 
@@ -53,6 +54,46 @@ def set_preset(args: argparse.Namespace) -> None:
     print(f"{target} now holds the {args.name} preset")
 
 
+_SWEEP_PATHS = ("backbones", "proposals_root", "out", "storage", "metrics")
+
+
+def _sweep_paths_from_dvc_yaml(args: argparse.Namespace, name: str) -> None:
+    """Unset path options default to what dvc.yaml's ``sweep@<grid>`` stage passes (for this grid)."""
+    import yaml
+
+    from pipeline.dvcfile import command, stages
+    from pipeline.errors import FovsegError
+
+    if all(getattr(args, k) is not None for k in _SWEEP_PATHS):
+        return
+    if not Path("dvc.yaml").is_file():
+        raise FovsegError("no dvc.yaml here to find the pipeline's outputs: run from the repository root or pass "
+                          + ", ".join(f"--{k.replace('_', '-')}" for k in _SWEEP_PATHS))
+    raw = yaml.safe_load(Path(args.params).read_text()) or {}
+    raw.setdefault("sweep", {})["grids"] = [name]
+    _, argv = command(stages(raw, Path("dvc.yaml"))[f"sweep@{name}"])
+    for k in _SWEEP_PATHS:
+        if getattr(args, k) is None:
+            setattr(args, k, argv[argv.index(f"--{k.replace('_', '-')}") + 1])
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    from pipeline.config import load_params
+    from pipeline.sweep import SweepOptions, load_grid, run_sweep
+
+    params = load_params(args.params)
+    name = load_grid(args.grid, params).name  # a packaged grid name or a grid file; errors before anything runs
+    _sweep_paths_from_dvc_yaml(args, name)
+    opts = SweepOptions(out=Path(args.out), storage=Path(args.storage), metrics=Path(args.metrics),
+                        backbones=Path(args.backbones), proposals_root=Path(args.proposals_root),
+                        address=args.address, max_concurrent=args.max_concurrent,
+                        seeds=tuple(args.seeds) if args.seeds else None)
+    summary = run_sweep(args.grid, params, opts)
+    print(f"sweep {name}: {sum(r['n'] for r in summary['rows'])} trials finished, "
+          f"{summary['failed_trials']} failed -> {opts.metrics}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["evaluate"]:  # dispatched before the heavy imports below: evaluate starts in a blink
@@ -80,12 +121,24 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("name", choices=PRESETS)
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--force", action="store_true", help="switch even if params.yaml has edits (kept as a .bak)")
+    w = sub.add_parser("sweep", help="run an ablation grid (Table IV / Fig. 9) on Ray Tune")
+    w.add_argument("grid", help="grid name (pipeline/sweeps/<grid>.yaml) or a grid YAML file")
+    w.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else local)")
+    w.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: sweep.max_concurrent)")
+    w.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: sweep.seeds)")
+    w.add_argument("--storage", default=None, help="Ray Tune results, shared storage on a cluster (default: "
+                                                    "what dvc.yaml's sweep stage passes, outputs/sweeps/<grid>/ray)")
+    w.add_argument("--params", default="params.yaml")
+    for k in ("backbones", "proposals-root", "out", "metrics"):
+        w.add_argument(f"--{k}", default=None, help="default: what dvc.yaml's sweep@<grid> stage passes")
     args = ap.parse_args(argv)
     try:
         if args.command == "predict":
             run_predict(args)
         elif args.command == "attention":
             run_attention(args)
+        elif args.command == "sweep":
+            sweep(args)
         else:
             set_preset(args)
     except (FovsegError, FileNotFoundError) as exc:

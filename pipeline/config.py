@@ -61,10 +61,10 @@ class ToyWorldParams:
     seed: int = 0
     image_size: int = 96
     n_train: int = 480
-    n_val: int = 64
-    n_open: int = 64
+    n_val: int = 256
+    n_open: int = 256
     n_captions: int = 12000
-    max_things: int = 4
+    max_things: int = 3
 
     def validate(self, key: str) -> None:
         _check(0 <= self.seed <= MAX_SEED, f"{key}.seed", f"must be in [0, {MAX_SEED}]")
@@ -233,7 +233,7 @@ class TrainParams:
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.05
-    backbone_lr_mult: float = 0.1
+    backbone_lr_mult: float = 1.0
     warmup_iters: int = 20
     schedule: Literal["poly", "cosine", "constant"] = "poly"
     lsj_min_scale: float = 0.5
@@ -248,8 +248,10 @@ class TrainParams:
     num_workers: int = 0
     log_every: int = 10
     gpus: int = 1  # > 1: the train stage relaunches itself under torchrun; batch_size stays global
+    data_fraction: float = 1.0  # train on a fixed deterministic subset of the training images (Fig. 9)
 
     def validate(self, key: str) -> None:
+        _check(0 < self.data_fraction <= 1, f"{key}.data_fraction", "must be in (0, 1]")
         _check(1 <= self.iterations <= MAX_ITERATIONS, f"{key}.iterations", f"must be in [1, {MAX_ITERATIONS}]")
         _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
         _check(0 < self.lr < 1, f"{key}.lr", "must be in (0, 1)")
@@ -305,6 +307,29 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class SweepParams:
+    """Ablation sweeps on Ray Tune (pipeline.sweep); grids are pipeline/sweeps/<name>.yaml."""
+
+    grids: tuple[str, ...] = ("modules",)  # what the DVC `sweep` stage runs
+    seeds: tuple[int, ...] = (0, 1)
+    cpus_per_trial: float = 1.0  # fractional allowed
+    gpus_per_trial: float = 0.0  # fractional allowed
+    num_cpus: int = 0  # CPUs of a local Ray instance; 0 = os.cpu_count() (ignored when attaching to a cluster)
+    max_concurrent: int = 0  # 0 = as many as the resources allow
+    max_failures: int = 1  # retries of a trial that raised
+
+    def validate(self, key: str) -> None:
+        _check(len(self.grids) >= 1, f"{key}.grids", "needs at least one grid name")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), f"{key}.seeds",
+               "needs at least one seed, without repeats")
+        _check(self.cpus_per_trial > 0, f"{key}.cpus_per_trial", "must be > 0")
+        _check(self.gpus_per_trial >= 0, f"{key}.gpus_per_trial", "must be >= 0")
+        _check(self.num_cpus >= 0, f"{key}.num_cpus", "must be >= 0")
+        _check(self.max_concurrent >= 0, f"{key}.max_concurrent", "must be >= 0")
+        _check(self.max_failures >= 0, f"{key}.max_failures", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class Params:
     preset: Literal["toy", "paper"] = "toy"
     seed: int = 0
@@ -317,6 +342,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
+    sweep: SweepParams = field(default_factory=SweepParams)
 
     def validate(self, key: str = "") -> None:
         _check(self.preset in ("toy", "paper"), "preset", "must be 'toy' or 'paper'")

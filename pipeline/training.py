@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,19 +76,20 @@ class TrainSet:
     """Images of the training benchmark with their cached proposals (and/or gt masks), augmented by LSJ."""
 
     def __init__(self, ds: BenchmarkDataset, store: ProposalStore | None, crop_size: int, min_scale: float,
-                 max_scale: float, mask_source: str, assign_iou: float, max_masks: int):
+                 max_scale: float, mask_source: str, assign_iou: float, max_masks: int, data_fraction: float = 1.0):
         if mask_source in ("proposals", "both") and store is None:
             raise ValueError(f"mask_source={mask_source!r} needs a proposal store")
         self.ds, self.store, self.mask_source = ds, store, mask_source
         self.assign_iou, self.max_masks = assign_iou, max_masks
         self.transform = lsj_transform(crop_size, min_scale, max_scale)
         self.ids = ds.image_ids()
+        self.subset = training_subset(len(ds), data_fraction)
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return len(self.subset)
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        s = with_class_segments(self.ds[index], self.ds.vocab)  # semantic-only data: one segment per class
+        s = with_class_segments(self.ds[self.subset[index]], self.ds.vocab)  # semantic-only: a segment per class
         gt_masks, gt_labels = s.segment_masks()
         parts = []
         if self.mask_source in ("proposals", "both"):
@@ -106,6 +108,16 @@ class TrainSet:
         targets = assign_targets(masks_t, gt_t[present], labels_t[present], self.assign_iou)
         classes = sorted(set(labels_t[present].tolist()))
         return img, masks_t, targets, classes
+
+
+def training_subset(n: int, fraction: float) -> list[int]:
+    """Indices of a fixed subset of ``max(1, round(n * fraction))`` images, drawn from one seed-independent
+    permutation: every training seed sees the same images, and a smaller fraction's images are a subset of a
+    larger one's (Fig. 9)."""
+    if fraction >= 1:
+        return list(range(n))
+    k = max(1, round(n * fraction))
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(20_240_601))[:k].tolist())
 
 
 def collate(items: list) -> Batch:
@@ -351,7 +363,10 @@ class TrainingRecipe:
         def handler(signum, _frame):
             stop["signal"] = signum
 
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        # signal handlers exist only in the main thread (a Ray Tune trial runs in another one: it resumes
+        # from the last periodic checkpoint instead)
+        in_main = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
         batches = StepBatches(self.train_set, cfg.batch_size, self.seed, self.rank, self.world)
         bar = tqdm(total=cfg.iterations, initial=self.start, desc="train", disable=self.rank != 0)
         step = self.start
@@ -417,7 +432,8 @@ def run_training(*, data: DataParams, clip: ClipParams, model: ModelParams, trai
              if model.tune_generator else None)
     store = ProposalStore(proposals_dir) if train.mask_source != "gt" and tuner is None else None
     train_set = TrainSet(ds, store, train.crop_size, train.lsj_min_scale, train.lsj_max_scale,
-                         "gt" if tuner is not None else train.mask_source, train.assign_iou, train.max_masks)
+                         "gt" if tuner is not None else train.mask_source, train.assign_iou, train.max_masks,
+                         train.data_fraction)
     counts = count_parameters(ready.model)
     identity = {"model": to_dict(model), "clip": to_dict(clip), "clip_weights": ready.weights_id,
                 "benchmark": data.train_benchmark,

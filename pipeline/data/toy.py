@@ -10,6 +10,11 @@ json + png, semantic png), so the same loaders, evaluation and stages run on it.
 
 Unseen classes are compositional (every colour and every shape is seen, some pairs are not) plus
 two stuff textures that never appear in training.
+
+The world is built so that the paper's ablations are measurable on it: four clearly distinct shapes,
+things large enough to cover several classifier patches (``THING_SCALE`` of the image side), and
+scenes and captions in which things often share a colour (``SAME_COLOR_PROB``), so that telling two
+things apart (mask classification) and naming a masked label (FiSeR) needs shape, not only colour.
 """
 from __future__ import annotations
 
@@ -30,10 +35,12 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 215, 40),
     "purple": (140, 60, 190), "orange": (245, 140, 30), "white": (250, 250, 250), "black": (20, 20, 20),
 }
-SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
+SHAPES = ("circle", "square", "triangle", "cross")
 STUFF = ("grass", "sky", "brick wall", "water", "sand", "snow", "wood floor", "road")
 UNSEEN_STUFF = ("snow", "wood floor")
 OPEN_COLORS = ("red", "green", "blue", "yellow")  # toy_open's thing colours (ADE-150 analogue)
+THING_SCALE = (0.3, 0.55)  # a thing's outer diameter as a fraction of the image side
+SAME_COLOR_PROB = 0.5  # chance that a scene's (or caption's) things all share one colour
 
 
 def is_unseen_thing(color: str, shape: str) -> bool:
@@ -199,9 +206,11 @@ def render_scene(things: list[ToyClass], stuffs: list[ToyClass], size: int, rng:
         m = region == k
         img[m] = render_stuff(st.stuff, h, w, rng)[m]
     owner = region.copy()  # -1 - j marks thing j
+    placed: list[tuple[float, float, float]] = []
     for j, th in enumerate(things):
-        size_px = rng.uniform(0.2, 0.4) * size
-        cx, cy = rng.uniform(size_px / 2, w - size_px / 2), rng.uniform(size_px / 2, h - size_px / 2)
+        size_px = rng.uniform(*THING_SCALE) * size
+        cx, cy = _free_position(size_px, placed, h, w, rng)
+        placed.append((cx, cy, size_px / 2))
         m = shape_mask(th.shape, cx, cy, size_px, rng.uniform(0, 2 * math.pi), h, w)
         rgb = np.clip(np.array(COLORS[th.color], np.float32) + rng.normal(0, 10, 3), 0, 255)
         shade = 1 + 0.12 * ((np.mgrid[0:h, 0:w][0] - cy) / size_px)[..., None]
@@ -221,6 +230,18 @@ def render_scene(things: list[ToyClass], stuffs: list[ToyClass], size: int, rng:
             next_id += 1
     noise = rng.normal(0, 2.5, img.shape)
     return RenderedImage(np.clip(img + noise, 0, 255).astype(np.uint8), id_map, segments)
+
+
+def _free_position(size_px: float, placed: list[tuple[float, float, float]], h: int, w: int,
+                   rng: np.random.Generator, tries: int = 20) -> tuple[float, float]:
+    """A centre whose disc does not overlap the discs already placed (the last try if none is free), so
+    things of one colour stay visually separate instances."""
+    r = size_px / 2
+    for _ in range(tries):
+        cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+        if all((cx - x) ** 2 + (cy - y) ** 2 >= (r + rr) ** 2 for x, y, rr in placed):
+            break
+    return cx, cy
 
 
 def _segment(sid: int, info: ClassInfo, mask: np.ndarray) -> dict:
@@ -243,8 +264,18 @@ def _sample_scene(vocab: Vocabulary, max_things: int, rng: np.random.Generator) 
     n_stuff = int(rng.integers(1, min(3, len(stuffs)) + 1))
     chosen_stuff = [stuffs[i] for i in rng.choice(len(stuffs), n_stuff, replace=False)]
     n_things = int(rng.integers(1, max_things + 1))
-    chosen_things = [things[i] for i in rng.integers(0, len(things), n_things)]
-    return chosen_things, chosen_stuff
+    return _sample_things(things, n_things, rng), chosen_stuff
+
+
+def _sample_things(things: list[ToyClass], n: int, rng: np.random.Generator) -> list[ToyClass]:
+    """``n`` things; with probability ``SAME_COLOR_PROB`` (and n > 1) all of one colour, distinct shapes
+    where the vocabulary has enough of them."""
+    if n > 1 and rng.random() < SAME_COLOR_PROB:
+        color = things[int(rng.integers(len(things)))].color
+        same = [c for c in things if c.color == color]
+        order = rng.permutation(len(same))
+        return [same[order[i % len(same)]] for i in range(n)]
+    return [things[i] for i in rng.integers(0, len(things), n)]
 
 
 def write_split(root: Path, split: str, n: int, image_size: int, max_things: int, seed: int) -> dict:
@@ -289,7 +320,7 @@ def write_captions(root: Path, n: int, image_size: int, seed: int) -> dict:
     captions = []
     for i in tqdm(range(n), desc="toy captions", leave=False):
         template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
-        t, t2 = (things[j] for j in rng.integers(0, len(things), 2))
+        t, t2 = _sample_things(things, 2, rng)
         s = stuffs[int(rng.integers(len(stuffs)))]
         drawn = [t] + ([t2] if "{t2}" in template else []) if "{t}" in template else []
         r = render_scene(drawn, [s], image_size, rng, min_area=1)

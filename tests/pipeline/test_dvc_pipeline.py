@@ -143,12 +143,13 @@ def test_training_knob_reruns_only_downstream_stages(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(json.loads(_run(DVC + ["status", "--json"], tmp_path)))
     benches = params["data"]["eval_benchmarks"]
-    assert changed == {"train"}, changed  # direct change; downstream stages follow once train's outputs change
+    sweeps = {f"sweep@{g}" for g in params["sweep"]["grids"]}  # a sweep trains from the same train params
+    assert changed == {"train", *sweeps}, changed  # direct change; downstream stages follow once train's outputs change
 
     # what `dvc repro` would run: train, then everything that consumes its outputs
     dry = _run(DVC + ["repro", "--dry", "--force-downstream"], tmp_path)
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "benchmark", "attention", "report", *(f"evaluate@{b}" for b in benches)}, ran
+    assert ran == {"train", "benchmark", "attention", "report", *sweeps, *(f"evaluate@{b}" for b in benches)}, ran
     assert not {"download", "backbones", "proposals-train"} & ran and not any(s.startswith("proposals@") for s in ran)
 
 
