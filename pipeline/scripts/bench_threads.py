@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 CONFIGS = {  # label -> environment
-    "1 thread": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"},
-    "2 threads, OpenMP default wait (spin)": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": ""},
-    "2 threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
+    "1 thread": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": ""},
+    "2 threads, OpenMP default wait (spin)": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": ""},
+    "2 threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": ""},
+    "2 threads, GOMP_SPINCOUNT=1000 (default)": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "",
+                                                 "GOMP_SPINCOUNT": "1000"},
 }
 
 

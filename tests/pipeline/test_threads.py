@@ -5,26 +5,27 @@ import sys
 
 from pipeline.threads import configure_threads, thread_settings
 
-PROBE = "import {mod}, os; print(os.environ.get('OMP_WAIT_POLICY'))"
-TORCH_PROBE = "import {mod}, os, torch; print(os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads())"
+PROBE = "import {mod}, os; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+TORCH_PROBE = "import {mod}, os, torch; print(os.environ.get('GOMP_SPINCOUNT'), torch.get_num_threads())"
 
 
 def _probe(mod: str, code: str = PROBE, **env) -> list[str]:
-    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "FOVSEG_THREADS")}
+    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "FOVSEG_THREADS")}
     full.update(env)
     out = subprocess.run([sys.executable, "-c", code.format(mod=mod)], env=full, capture_output=True, text=True,
                          timeout=120, check=True)
     return out.stdout.split()
 
 
-def test_stage_and_cli_processes_get_passive_waiting():
-    assert _probe("stages")[0] == "PASSIVE"
-    assert _probe("pipeline.cli")[0] == "PASSIVE"
+def test_stage_and_cli_processes_get_a_short_spin():
+    assert _probe("stages")[0] == "1000"
+    assert _probe("pipeline.cli")[0] == "1000"
 
 
 def test_user_environment_wins_and_fovseg_threads_sets_the_count():
-    assert _probe("pipeline", OMP_WAIT_POLICY="ACTIVE")[0] == "ACTIVE"
-    assert _probe("pipeline", TORCH_PROBE, FOVSEG_THREADS="1", OMP_NUM_THREADS="2") == ["PASSIVE", "1"]
+    assert _probe("pipeline", OMP_WAIT_POLICY="ACTIVE") == ["None", "ACTIVE"]  # the user's policy, no spin default
+    assert _probe("pipeline", GOMP_SPINCOUNT="50")[0] == "50"
+    assert _probe("pipeline", TORCH_PROBE, FOVSEG_THREADS="1", OMP_NUM_THREADS="2") == ["1000", "1"]
 
 
 def test_after_torch_import_only_the_count_changes(monkeypatch):
