@@ -52,7 +52,8 @@ def configure_threads() -> dict[str, str]:
 
 def thread_settings() -> dict[str, object]:
     """What is in effect (for logs and benchmark headers)."""
-    out: dict[str, object] = {k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    names = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    out: dict[str, object] = {k: os.environ.get(k, "unset") for k in names}
     if "torch" in sys.modules:
         out["torch_threads"] = sys.modules["torch"].get_num_threads()
     return out
