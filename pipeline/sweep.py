@@ -396,7 +396,8 @@ def _init_ray(params: Params, address: str | None) -> None:
         log.info("attaching to the Ray cluster at %s", address)
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
-        ray.init(num_cpus=params.sweep.num_cpus or os.cpu_count(), include_dashboard=False,
+        # address="local": always a new local instance, never a cluster some earlier `ray start` left behind
+        ray.init(address="local", num_cpus=params.sweep.num_cpus or os.cpu_count(), include_dashboard=False,
                  runtime_env={"env_vars": env}, log_to_driver=False)
 
 
