@@ -50,7 +50,7 @@ from pipeline.config import (
     TrainParams,
     to_dict,
 )
-from pipeline.data.loaders import BenchmarkDataset, Sample
+from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
 from pipeline.data.semantic import with_class_segments
@@ -62,8 +62,6 @@ log = logging.getLogger(__name__)
 
 # train keys that do not change the trained weights: a checkpoint resumes across changes to them
 RESUME_NEUTRAL_KEYS = ("iterations", "checkpoint_every", "log_every", "num_workers")
-# decoded training samples kept in memory per process: decoding PNGs and proposals is ~15% of a toy step
-DECODED_CACHE_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -86,34 +84,20 @@ class TrainSet:
         self.transform = lsj_transform(crop_size, min_scale, max_scale)
         self.ids = ds.image_ids()
         self.subset = training_subset(len(ds), data_fraction)
-        self._decoded: dict[int, tuple[Sample, np.ndarray]] = {}  # per process (each DataLoader worker has one)
-        self._decoded_bytes = 0
 
     def __len__(self) -> int:
         return len(self.subset)
 
-    def decoded(self, index: int) -> tuple[Sample, np.ndarray]:
-        """Sample ``index`` before augmentation and its masks (proposals and/or gt), decoded once per process
-        while the cache holds less than ``DECODED_CACHE_BYTES`` (the toy training set fits; COCO does not)."""
-        hit = self._decoded.get(index)
-        if hit is not None:
-            return hit
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
         s = with_class_segments(self.ds[self.subset[index]], self.ds.vocab)  # semantic-only: a segment per class
+        gt_masks, gt_labels = s.segment_masks()
         parts = []
         if self.mask_source in ("proposals", "both"):
             props, _ = self.store[s.image_id]
             parts.append(props)
         if self.mask_source in ("gt", "both"):
-            parts.append(s.segment_masks()[0])
+            parts.append(gt_masks)
         masks = np.concatenate(parts) if parts else np.zeros((0, *s.image.shape[:2]), bool)
-        size = s.image.nbytes + (s.id_map.nbytes if s.id_map is not None else 0) + masks.nbytes
-        if self._decoded_bytes + size <= DECODED_CACHE_BYTES:
-            self._decoded[index] = (s, masks)
-            self._decoded_bytes += size
-        return s, masks
-
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        s, masks = self.decoded(index)
         img, ids, masks_t = apply_joint(self.transform, s.image, s.id_map, masks)
         segs = [seg for seg in s.segments if not seg.iscrowd]
         gt_t = torch.stack([ids == seg.id for seg in segs]) if segs else torch.zeros(0, *ids.shape, dtype=torch.bool)

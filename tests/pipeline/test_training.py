@@ -123,28 +123,3 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(base_mod
     kept = torch.load(tmp_path / "last.pt", weights_only=True)
     assert kept["step"] == good["step"] == 2
     assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
-
-
-def test_decoded_sample_cache_gives_the_same_batches_and_respects_its_budget(toy_root, monkeypatch):
-    import pipeline.training as training
-
-    ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
-
-    def batches(budget: int) -> tuple[list, TrainSet]:
-        monkeypatch.setattr(training, "DECODED_CACHE_BYTES", budget)
-        ts = TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 12)
-        out = []
-        for step in range(3):  # each index twice: the second read comes from the cache
-            for i in (0, 1, 0, 1):
-                torch.manual_seed(step * 10 + i)
-                out.append(ts.load(i))
-        return out, ts
-
-    uncached, ts0 = batches(0)
-    cached, ts1 = batches(1 << 30)
-    assert not ts0._decoded and len(ts1._decoded) == 2
-    for (a_img, a_m, a_t, a_c), (b_img, b_m, b_t, b_c) in zip(uncached, cached):
-        assert torch.equal(a_img, b_img) and torch.equal(a_m, b_m) and torch.equal(a_t, b_t) and a_c == b_c
-    one = ts1._decoded_bytes // 2
-    _, ts2 = batches(one + one // 2)  # room for one decoded sample, not two
-    assert len(ts2._decoded) == 1 and ts2._decoded_bytes <= one + one // 2
