@@ -437,7 +437,7 @@ def run_sweep(grid_name: str, params: Params, opts: SweepOptions) -> dict:
                                     {"cpu": sp.cpus_per_trial, "gpu": sp.gpus_per_trial})
     _init_ray(params, opts.address)
     exp_path = str(opts.storage.resolve() / name)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     if tune.Tuner.can_restore(exp_path):
         log.info("resuming sweep %s from %s (finished trials are kept)", grid.name, exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
@@ -458,7 +458,7 @@ def run_sweep(grid_name: str, params: Params, opts: SweepOptions) -> dict:
     trials = [_trial_outcome(r) for r in results] + blocked
     summary = {**summarize(grid, params.preset, seeds, trials, wall), "experiment": name}
     write_metrics(opts.metrics, summary)
-    log_sweep_to_mlflow(grid, params, trials, name, opts.tracking_uri)
+    log_sweep_to_mlflow(grid, params, trials, name, opts.tracking_uri, started)
     log.info("sweep %s: %d trials, %d failed, %.0f s -> %s", grid.name, len(trials), summary["failed_trials"], wall,
              opts.metrics)
     return summary
@@ -482,8 +482,10 @@ def _trial_outcome(result: Any) -> dict:
         cause = getattr(err, "cause", None) or err
         error = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
         metrics = {}
+    reported = result.metrics or {}
     return {"row": spec["row"], "seed": spec["seed"], "name": spec["name"], "overrides": spec["overrides"],
-            "metrics": metrics, "error": error, "seconds": float((result.metrics or {}).get("time_total_s", 0.0))}
+            "metrics": metrics, "error": error, "seconds": float(reported.get("time_total_s", 0.0)),
+            "ended": float(reported["timestamp"]) if reported.get("timestamp") else None}
 
 
 def summarize(grid: Grid, preset: str, seeds: tuple[int, ...], trials: list[dict], wall: float) -> dict:
@@ -526,7 +528,7 @@ def tracking_uri() -> str:
 
 
 def log_sweep_to_mlflow(grid: Grid, params: Params, trials: list[dict], sweep_key: str,
-                        uri: str | None = None) -> None:
+                        uri: str | None = None, started: float | None = None) -> None:
     """One parent run per sweep (found again by its key on a re-run) and one nested child per trial, logged once.
     Best effort: a tracking failure is a warning, the results JSON is the source of truth."""
     try:
@@ -536,11 +538,12 @@ def log_sweep_to_mlflow(grid: Grid, params: Params, trials: list[dict], sweep_ke
         mlflow.set_tracking_uri(uri or tracking_uri())
         exp = mlflow.set_experiment(params.tracking.experiment)
         client = MlflowClient()
+        started_ms = int(started * 1000) if started else None  # the sweep's start (epoch s); default: now
         found = client.search_runs([exp.experiment_id], f"tags.sweep_key = '{sweep_key}' and tags.kind = 'sweep'")
         if found:
             parent_id = found[0].info.run_id
         else:
-            parent = client.create_run(exp.experiment_id, run_name=f"sweep@{grid.name}", tags={
+            parent = client.create_run(exp.experiment_id, run_name=f"sweep@{grid.name}", start_time=started_ms, tags={
                 "kind": "sweep", "sweep_key": sweep_key, "grid": grid.name, "paper_table": grid.paper_table,
                 "preset": params.preset, "git_commit": git_commit()})
             parent_id = parent.info.run_id
@@ -552,7 +555,9 @@ def log_sweep_to_mlflow(grid: Grid, params: Params, trials: list[dict], sweep_ke
         for t in trials:
             if t["name"] in done:
                 continue
-            child = client.create_run(exp.experiment_id, run_name=t["name"], tags={
+            ended = t.get("ended")  # epoch seconds, so the child's MLflow duration is the trial's own
+            child = client.create_run(exp.experiment_id, run_name=t["name"],
+                                      start_time=int((ended - t["seconds"]) * 1000) if ended else None, tags={
                 "mlflow.parentRunId": parent_id, "kind": "sweep_trial", "trial": t["name"], "row": t["row"],
                 "grid": grid.name, **({"error": t["error"]} if t["error"] else {})})
             rid = child.info.run_id
@@ -561,7 +566,8 @@ def log_sweep_to_mlflow(grid: Grid, params: Params, trials: list[dict], sweep_ke
                 client.log_param(rid, k, str(v)[:500])
             for k, v in t["metrics"].items():
                 client.log_metric(rid, k, v)
-            client.set_terminated(rid, status="FAILED" if t["error"] else "FINISHED")
+            client.set_terminated(rid, status="FAILED" if t["error"] else "FINISHED",
+                                  end_time=int(ended * 1000) if ended else None)
         client.set_terminated(parent_id, status="FINISHED")
     except Exception as exc:  # noqa: BLE001 - tracking must never fail a sweep
         log.warning("MLflow logging of sweep %s failed (%s: %s); %s is still written", grid.name,

@@ -221,6 +221,8 @@ def _fake_trial(params, overrides, trial_dir, shared, *, benchmarks, evaluation)
     (trial_dir / f"run-{time.time_ns()}").touch()
     if p.model.adapter_layers == 3 and p.seed == 1:
         raise ValueError("boom: adapter_layers=3")
+    if p.model.adapter_layers == 2:
+        time.sleep(0.5)  # a measurable duration for the MLflow child runs
     return {**{f"{b}/PQ": 10.0 * p.model.adapter_layers + p.seed for b in benchmarks}, "train/loss": 0.5}
 
 
@@ -278,6 +280,10 @@ def test_mlflow_has_one_parent_with_nested_children(fake_sweep):
     one = next(c for c in children if c.data.tags["trial"] == "one__seed1")
     assert one.data.metrics["toy_open/PQ"] == 11.0 and one.data.params["override.model.adapter_layers"] == "1"
     assert sum(c.info.status == "FAILED" for c in children) == 3
+    # each child spans its trial's own time (not the moment it was logged), inside the parent's span
+    two = next(c for c in children if c.data.tags["trial"] == "two__seed0")
+    assert 500 <= two.info.end_time - two.info.start_time < 30_000
+    assert all(c.info.start_time >= parents[0].info.start_time for c in children if c.info.status == "FINISHED")
     # logging again (a resumed sweep) adds no duplicates
     from pipeline.sweep import log_sweep_to_mlflow
 
