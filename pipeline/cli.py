@@ -90,7 +90,7 @@ def sweep(args: argparse.Namespace) -> dict:
                         seeds=tuple(args.seeds) if args.seeds else None)
     summary = run_sweep(args.grid, params, opts)
     print(f"sweep {name}: {sum(r['n'] for r in summary['rows'])} trials finished, "
-          f"{summary['failed_trials']} failed -> {opts.metrics}")
+          f"{summary['failed_trials']} failed -> {opts.metrics} (`dvc repro report` renders it into reports/)")
     return summary
 
 
