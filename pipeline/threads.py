@@ -16,7 +16,17 @@ Tiny-CLIP contrastive step (batch 128), 2 threads, it/s, one run each, same sess
 | ``GOMP_SPINCOUNT=1000`` (default here) | 3.39 | 1.61 |
 
 So the default is: all cores, ``GOMP_SPINCOUNT=1000`` (PyTorch's x86 wheels use GNU OpenMP). The toy
-training step shows the same pattern (``python -m pipeline.scripts.bench_threads``).
+training step (``python -m pipeline.scripts.bench_threads --seconds 6 --repeats 3``, medians, 2026-11-27):
+
+| setting | alone | beside a busy-loop process |
+| --- | --- | --- |
+| 1 thread | 9.26 | 9.26 |
+| 2 threads, libgomp default | 14.18 | 4.80 |
+| 2 threads, ``OMP_WAIT_POLICY=PASSIVE`` | 10.62 | 8.20 |
+| 2 threads, ``GOMP_SPINCOUNT=1000`` (default here) | 13.08 | 7.19 |
+
+The default is a compromise: 92 % of the fastest setting alone, no collapse beside another process
+(1.5x the libgomp default there); on a machine you know is shared, ``FOVSEG_THREADS=1`` is faster still.
 
 OpenMP reads these variables once, when the runtime loads with torch; they must therefore be in the
 environment before ``import torch``. ``pipeline/__init__.py`` calls ``configure_threads()`` before
