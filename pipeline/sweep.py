@@ -555,9 +555,10 @@ def log_sweep_to_mlflow(grid: Grid, params: Params, trials: list[dict], sweep_ke
         for t in trials:
             if t["name"] in done:
                 continue
-            ended = t.get("ended")  # epoch seconds, so the child's MLflow duration is the trial's own
-            child = client.create_run(exp.experiment_id, run_name=t["name"],
-                                      start_time=int((ended - t["seconds"]) * 1000) if ended else None, tags={
+            # the child spans the trial's own time (epoch ms); blocked rows never ran: logging time
+            end_ms = int(t["ended"] * 1000) if t.get("ended") else None
+            start_ms = end_ms - int(t["seconds"] * 1000) if end_ms else None
+            child = client.create_run(exp.experiment_id, run_name=t["name"], start_time=start_ms, tags={
                 "mlflow.parentRunId": parent_id, "kind": "sweep_trial", "trial": t["name"], "row": t["row"],
                 "grid": grid.name, **({"error": t["error"]} if t["error"] else {})})
             rid = child.info.run_id
@@ -567,7 +568,7 @@ def log_sweep_to_mlflow(grid: Grid, params: Params, trials: list[dict], sweep_ke
             for k, v in t["metrics"].items():
                 client.log_metric(rid, k, v)
             client.set_terminated(rid, status="FAILED" if t["error"] else "FINISHED",
-                                  end_time=int(ended * 1000) if ended else None)
+                                  end_time=end_ms)
         client.set_terminated(parent_id, status="FINISHED")
     except Exception as exc:  # noqa: BLE001 - tracking must never fail a sweep
         log.warning("MLflow logging of sweep %s failed (%s: %s); %s is still written", grid.name,
