@@ -1,13 +1,14 @@
 """Build an open_clip CLIP: pretrained tag, local checkpoint file, or the project's tiny configs.
 
 Model variants live as JSON files in ``models/configs`` (open_clip's own format); they are added
-to open_clip's registry explicitly by :func:`build_clip`, never as an import side effect.
+to open_clip's registry explicitly by :func:`build_clip`, never as an import side effect. open_clip
+itself is imported when first used (about 1 s with torchvision), so stages that never build a CLIP
+(the generator's proposals) do not pay for it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import open_clip
 import torch
 from torch import nn
 
@@ -17,6 +18,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 def _register_local_configs() -> None:
+    import open_clip
+
     for path in CONFIG_DIR.glob("fovseg-*.json"):
         if path.stem not in open_clip.list_models():
             open_clip.add_model_config(path)
@@ -29,6 +32,8 @@ def build_clip(model_name: str, pretrained: str = "", device: str | torch.device
     ``pretrained`` is an open_clip tag (``openai``, ...), a local checkpoint path, or "" for
     random weights, which is refused unless ``allow_random`` (toy pre-training, tests, meta builds).
     """
+    import open_clip
+
     _register_local_configs()
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown CLIP model {model_name!r}; use an open_clip name such as 'ViT-B-16' or "
@@ -61,6 +66,8 @@ def build_clip(model_name: str, pretrained: str = "", device: str | torch.device
 
 def clip_input_stats(clip_model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std CLIP's preprocessing normalises with."""
+    import open_clip
+
     visual = clip_model.visual
     mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
     std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD

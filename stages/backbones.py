@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from models.clip_backbone import build_clip
 from models.generators import build_mask2former
-from pipeline.backbones import pretrain_clip, pretrain_mask2former
+from pipeline.backbones import pretrain_toy_backbones
 from pipeline.builder import TOY_CLIP_FILE, TOY_GENERATOR_DIR
-from pipeline.config import Params
-from pipeline.data.loaders import BenchmarkDataset
-from pipeline.data.registry import dataset_root, get_benchmark
+from pipeline.config import Params, to_dict
+from pipeline.data.registry import dataset_root
 from pipeline.runtime import pick_device, write_metrics
 from stages.common import parser, run, tracker
 
@@ -28,26 +25,17 @@ def main(args, params: Params) -> dict:
         if clip_p.pretrained:
             build_clip(clip_p.model, clip_p.pretrained)  # fails early with instructions if unreachable
             metrics["clip"] = f"{clip_p.model}/{clip_p.pretrained}"
-        else:
-            pp = clip_p.pretrain
-            model, _, m = pretrain_clip(clip_p.model, root, pp.steps, pp.batch_size, pp.lr, pp.weight_decay,
-                                        params.seed, device)
-            torch.save(model.state_dict(), out / TOY_CLIP_FILE)
-            curve = m.pop("clip_loss_curve")
-            for i, v in enumerate(curve[:: max(1, len(curve) // 100)]):
-                t.log_metrics({"clip_loss": v}, step=i)
-            metrics.update(m)
         if gen_p.source == "hub":
             build_mask2former(gen_p.name)
             metrics["generator"] = gen_p.name
-        else:
-            pp = gen_p.pretrain
-            train = BenchmarkDataset(get_benchmark(params.data.train_benchmark), root)
-            model, m = pretrain_mask2former(train, gen_p.image_size, pp.steps, pp.batch_size, pp.lr,
-                                            pp.weight_decay, params.seed, device)
-            model.save_pretrained(out / TOY_GENERATOR_DIR)
-            m.pop("m2f_loss_curve")
-            metrics.update(m)
+        clip_job = None if clip_p.pretrained else dict(model=clip_p.model, **to_dict(clip_p.pretrain))
+        gen_job = None if gen_p.source == "hub" else dict(benchmark=params.data.train_benchmark,
+                                                          image_size=gen_p.image_size, **to_dict(gen_p.pretrain))
+        m, curve = pretrain_toy_backbones(clip_job, gen_job, out, root, params.seed, device, TOY_CLIP_FILE,
+                                          TOY_GENERATOR_DIR)
+        for i, v in enumerate(curve[:: max(1, len(curve) // 100)]):
+            t.log_metrics({"clip_loss": v}, step=i)
+        metrics.update(m)
         write_metrics(args.metrics, metrics)
         t.log_metrics(metrics)
     return metrics
