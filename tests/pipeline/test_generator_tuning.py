@@ -180,13 +180,16 @@ def test_train_stage_with_tune_generator_then_proposals_from_the_tuned_generator
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["root"] = str(toy_root)
     params["model"]["tune_generator"] = True
-    params["train"].update(iterations=2, batch_size=2, crop_size=64, checkpoint_every=2, mask_source="proposals")
+    params["train"].update(iterations=2, warmup_iters=0, batch_size=2, crop_size=64, checkpoint_every=2,
+                           mask_source="proposals")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # unreachable: tracking off, fast
     # no proposal store exists: the tuned run classifies the generator's live proposals instead
     metrics = run(train_stage.main, train_stage.build_parser(),
-                  ["--backbones", str(bb), "--proposals", "outputs/proposals/none"])
+                  ["--backbones", str(bb), "--proposals", "outputs/proposals/none", "--checkpoints",
+                   "outputs/checkpoints", "--out", "outputs/train", "--metrics", "metrics/train.json",
+                   "--curve", "metrics/train_curve.csv"])
     assert metrics["loss_generator"] > 0
     saved = torch.load(tmp_path / "outputs/train/model.pt", weights_only=True)["model"]
     assert not any(k.startswith(TUNER_NAME) for k in saved)
