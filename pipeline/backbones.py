@@ -4,7 +4,7 @@ On a CPU with two or more threads the two toy pre-trainings run at once (:func:`
 the generator in a spawned one-thread process, CLIP here on the other threads. The toy Mask2Former step
 barely uses a second thread (1.15x, 2 cores) while the CLIP step does (1.6x), so CLIP takes every thread
 once the generator is done. Two one-thread processes do not slow each other here (each within 2 % of
-running alone), so the stage takes about 340 s instead of 460 s on 2 cores.
+running alone), so the stage takes about 360 s instead of 460 s on 2 cores (2026-11-27).
 """
 from __future__ import annotations
 
@@ -232,8 +232,8 @@ def in_background(fn: Callable[..., Any], **kwargs: Any) -> Iterator[Callable[[]
         recv.close()
 
 
-def pretrain_toy_backbones(clip: dict, generator: dict, out: Path, root: Path, seed: int, device: torch.device,
-                           clip_file: str, generator_dir: str) -> tuple[dict, list[float]]:
+def pretrain_toy_backbones(clip: dict | None, generator: dict | None, out: Path, root: Path, seed: int,
+                           device: torch.device, clip_file: str, generator_dir: str) -> tuple[dict, list[float]]:
     """Pre-train the toy CLIP (``clip``: model, steps, batch_size, lr, weight_decay) and the toy Mask2Former
     (``generator``: benchmark, image_size, steps, batch_size, lr, weight_decay) into ``out``; either may be None
     (not pre-trained here). Returns the metrics and CLIP's loss curve.
