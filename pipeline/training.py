@@ -90,13 +90,12 @@ class TrainSet:
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
         s = with_class_segments(self.ds[self.subset[index]], self.ds.vocab)  # semantic-only: a segment per class
-        gt_masks, gt_labels = s.segment_masks()
         parts = []
         if self.mask_source in ("proposals", "both"):
             props, _ = self.store[s.image_id]
             parts.append(props)
         if self.mask_source in ("gt", "both"):
-            parts.append(gt_masks)
+            parts.append(s.segment_masks()[0])
         masks = np.concatenate(parts) if parts else np.zeros((0, *s.image.shape[:2]), bool)
         img, ids, masks_t = apply_joint(self.transform, s.image, s.id_map, masks)
         segs = [seg for seg in s.segments if not seg.iscrowd]
