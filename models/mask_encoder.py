@@ -25,6 +25,8 @@ from torch import nn
 
 from models.adapter import DistributionAdapter
 
+KV_CACHE_VOCABULARIES = 4  # vocabularies whose TeVA keys/values inference keeps (see target_keys_values)
+
 
 @dataclass(frozen=True)
 class TevaConfig:
@@ -256,7 +258,8 @@ class MaskCLIPVisual(nn.Module):
             shared = TargetAttention(attn.q_proj.in_features, text_dim, attn.heads, teva.width)
         self.blocks = nn.ModuleList(MaskBlock(p, text_dim, teva, shared) for p in parts)
         self.adapter = DistributionAdapter(adapter_layers, adapter_channels) if adapter_layers > 0 else None
-        self._kv_cache: tuple | None = None  # (targets copy, weight versions, per-block keys/values)
+        # (targets copy, weight versions, per-module keys/values), most recently used first
+        self._kv_cache: list[tuple] = []
 
     def _take_open_clip(self, visual: nn.Module) -> list[dict[str, nn.Module]]:
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
@@ -340,21 +343,29 @@ class MaskCLIPVisual(nn.Module):
         """TeVA's g_k/g_v of the targets, (C,E) shared by the batch or (Bt,T,E), for every (distinct) TeVA
         module, keyed by module id; values are (Bt or 1, H, T, w/H).
 
-        Without autograd (inference) the result is cached: a later call with equal targets and unchanged
-        TeVA weights reuses it, so a benchmark's vocabulary is projected once, not once per image.
-        (Weights created under ``torch.inference_mode`` have no version counter: in-place edits to those
-        are not detected; pass ``refresh=True`` after such an edit.)"""
+        Without autograd (inference) results are cached for the last :data:`KV_CACHE_VOCABULARIES`
+        vocabularies: a later call with equal targets and unchanged TeVA weights reuses them, so a
+        benchmark's vocabulary is projected once, not once per image, and a few vocabularies used in turn
+        (two benchmarks, a server's requests) do not evict each other. (Weights created under
+        ``torch.inference_mode`` have no version counter: in-place edits to those are not detected; pass
+        ``refresh=True`` after such an edit.)"""
         modules = self._teva_modules()
         batched = targets if targets.dim() == 3 else targets[None]
         if torch.is_grad_enabled():
             return {id(t): t.keys_values(batched) for t in modules}
         versions = tuple(_version(p) for t in modules for p in t.parameters())
-        cached = self._kv_cache
-        if not refresh and cached is not None and cached[1] == versions and _same_targets(cached[0], targets):
-            return cached[2]
-        kv = {id(t): t.keys_values(batched) for t in modules}
-        self._kv_cache = (targets if targets.device.type == "meta" else targets.detach().clone(), versions, kv)
-        return kv
+        fresh = [entry for entry in self._kv_cache if entry[1] == versions]  # changed weights: all stale
+        hit = None if refresh else next((e for e in fresh if _same_targets(e[0], targets)), None)
+        if hit is None:
+            kv = {id(t): t.keys_values(batched) for t in modules}
+            hit = (targets if targets.device.type == "meta" else targets.detach().clone(), versions, kv)
+        self._kv_cache = [hit] + [e for e in fresh if e is not hit and not _same_targets(e[0], targets)]
+        del self._kv_cache[KV_CACHE_VOCABULARIES:]
+        return hit[2]
+
+    def clear_vocabulary_cache(self) -> None:
+        """Forget every cached vocabulary's TeVA keys/values."""
+        self._kv_cache = []
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, text: torch.Tensor | None = None,
                 target_pad: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

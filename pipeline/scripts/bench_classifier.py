@@ -5,7 +5,10 @@ forward at the same input size, and an 847-class vs a 150-class vocabulary.
 (random weights: timing does not depend on them). Variants alternate within every repeat (the order
 rotates), so machine drift hits them alike; prints per-image medians, min-max spread and ratios of
 medians. The plain-CLIP baseline is open_clip's own ``encode_image`` with its position embeddings
-interpolated to the input grid (the classifier's interpolation), so any ``--size`` works.
+interpolated to the input grid (the classifier's interpolation), so any ``--size`` works. The two
+vocabularies alternate too; TeVA's keys/values of each are projected once and then reused from the
+classifier's per-vocabulary cache, as in an evaluation (one vocabulary per benchmark), so the timings are the
+steady state of a vocabulary in use.
 
 ``--end-to-end``: images/s of the whole inference path, generator (a random Mask2Former, ``--generator
 tiny|swin-b``) + classifier + panoptic and semantic merging, on ``--image-size`` inputs.

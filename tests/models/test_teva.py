@@ -88,7 +88,7 @@ def test_vocabulary_keys_values_are_computed_once_and_reused_exactly(tiny_clip):
         with torch.enable_grad():  # training (autograd on) never uses the cache
             out = model(images[:1], masks[:1], text)["logits"]
         assert len(calls) == 3 and out.requires_grad and torch.allclose(out, fresh[0], atol=1e-6)
-        model.visual._kv_cache = None
+        model.visual.clear_vocabulary_cache()
         uncached = [model(images[i:i + 1], masks[i:i + 1], text)["logits"] for i in range(2)]
         other = model(images[:1], masks[:1], text[:4])["logits"]  # another vocabulary: recomputed
         assert len(calls) == 5 and other.shape[-1] == 4
@@ -99,6 +99,32 @@ def test_vocabulary_keys_values_are_computed_once_and_reused_exactly(tiny_clip):
     for a, b in zip(fresh, uncached):
         assert torch.equal(a, b)
     assert not torch.allclose(fresh[0][0, 0], fresh[0][0, 1])
+
+
+def test_vocabularies_used_in_turn_are_each_projected_once(tiny_clip):
+    """A few vocabularies alternating (two benchmarks, a server's requests) keep their keys/values; the least
+    recently used one is evicted beyond KV_CACHE_VOCABULARIES."""
+    from models.mask_encoder import KV_CACHE_VOCABULARIES
+
+    clip, _ = tiny_clip
+    model = _teva_model(clip)
+    images, masks, text = _inputs(1)
+    vocabularies = [text[:n] for n in range(2, 3 + KV_CACHE_VOCABULARIES)]  # one more than the cache holds
+    calls = []
+    hook = model.visual.blocks[0].teva.g_k.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        first = [model(images, masks, v)["logits"] for v in vocabularies[:2]]
+        again = [model(images, masks, v.clone())["logits"] for v in vocabularies[:2] * 3]
+        assert len(calls) == 2
+        assert all(torch.equal(a, first[i % 2]) for i, a in enumerate(again))
+        for v in vocabularies[2:]:  # fills the cache and evicts the least recently used (vocabularies[0])
+            model(images, masks, v)
+        assert len(calls) == 2 + len(vocabularies) - 2
+        model(images, masks, vocabularies[1])
+        assert len(calls) == len(vocabularies)
+        model(images, masks, vocabularies[0])
+        assert len(calls) == len(vocabularies) + 1
+    hook.remove()
 
 
 def test_maskclip_baseline_attends_to_itself(tiny_clip):
