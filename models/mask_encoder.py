@@ -346,9 +346,9 @@ class MaskCLIPVisual(nn.Module):
         Without autograd (inference) results are cached for the last :data:`KV_CACHE_VOCABULARIES`
         vocabularies: a later call with equal targets and unchanged TeVA weights reuses them, so a
         benchmark's vocabulary is projected once, not once per image, and a few vocabularies used in turn
-        (two benchmarks, a server's requests) do not evict each other. (Weights created under
-        ``torch.inference_mode`` have no version counter: in-place edits to those are not detected; pass
-        ``refresh=True`` after such an edit.)"""
+        (two benchmarks, an application switching vocabularies) do not evict each other. (Weights created
+        under ``torch.inference_mode`` have no version counter: in-place edits to those are not detected;
+        pass ``refresh=True`` after such an edit.)"""
         modules = self._teva_modules()
         batched = targets if targets.dim() == 3 else targets[None]
         if torch.is_grad_enabled():

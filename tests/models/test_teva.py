@@ -102,8 +102,8 @@ def test_vocabulary_keys_values_are_computed_once_and_reused_exactly(tiny_clip):
 
 
 def test_vocabularies_used_in_turn_are_each_projected_once(tiny_clip):
-    """A few vocabularies alternating (two benchmarks, a server's requests) keep their keys/values; the least
-    recently used one is evicted beyond KV_CACHE_VOCABULARIES."""
+    """A few vocabularies used in turn (two benchmarks, an application switching vocabularies) keep their
+    keys/values; the least recently used one is evicted beyond KV_CACHE_VOCABULARIES."""
     from models.mask_encoder import KV_CACHE_VOCABULARIES
 
     clip, _ = tiny_clip
