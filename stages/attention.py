@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-
-from pipeline.attention import attention_figure, load_models
 from pipeline.config import Params
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import benchmark_vocabulary, dataset_root, get_benchmark
@@ -27,6 +24,10 @@ def image_classes(sample, vocab: Vocabulary, seen: set[str], limit: int) -> list
 
 
 def main(args, params: Params) -> dict:
+    import matplotlib.pyplot as plt  # matplotlib: imported for the work, not for --help
+
+    from pipeline.attention import attention_figure, load_models
+
     device = init_seed_and_device(params.seed, params.device)
     ds = BenchmarkDataset(get_benchmark(args.benchmark), dataset_root(params.data.root or None))
     seen = set(benchmark_vocabulary(get_benchmark(params.data.train_benchmark)).names)
