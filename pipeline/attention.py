@@ -108,13 +108,3 @@ def run_attention(args) -> list[Path]:
     return written
 
 
-def add_arguments(p) -> None:
-    from pipeline.predict import writable_dir
-
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--classes", default=None, help='comma-separated class names (at most 12), e.g. "sky, grass"')
-    p.add_argument("--vocab", default=None, help="a packaged vocabulary instead of --classes (at most 12 classes)")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--backbones", default=None, help="default: the backbones stage's --out in ./dvc.yaml")
-    p.add_argument("--checkpoint", default=None, help="default: model.pt in the train stage's --out in ./dvc.yaml")
-    p.add_argument("--out", type=writable_dir, default="attention")

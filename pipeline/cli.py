@@ -101,14 +101,9 @@ def main(argv: list[str] | None = None) -> None:
 
         evaluate_main(argv[1:])
         return
-    from pipeline.attention import add_arguments as add_attention_arguments
-    from pipeline.attention import run_attention
+    from pipeline.cli_args import add_attention_arguments, add_predict_arguments  # light: no torch
     from pipeline.errors import FovsegError
-    from pipeline.predict import add_arguments as add_predict_arguments
-    from pipeline.predict import run_predict
-    from pipeline.runtime import setup_logging
 
-    setup_logging()
     ap = argparse.ArgumentParser(prog="fovseg", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="segment images (files, folders, globs) with any vocabulary")
@@ -132,10 +127,18 @@ def main(argv: list[str] | None = None) -> None:
     for k in ("backbones", "proposals-root", "out", "metrics"):
         w.add_argument(f"--{k}", default=None, help="default: what dvc.yaml's sweep@<grid> stage passes")
     args = ap.parse_args(argv)
+    if args.command != "preset":
+        from pipeline.runtime import setup_logging  # imports torch: after parsing, so --help answers at once
+
+        setup_logging()
     try:
         if args.command == "predict":
+            from pipeline.predict import run_predict
+
             run_predict(args)
         elif args.command == "attention":
+            from pipeline.attention import run_attention
+
             run_attention(args)
         elif args.command == "sweep":
             sweep(args)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -24,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline.builder import ReadyClassifier, build_classifier, build_generator, classify_image
+from pipeline.cli_args import packaged_vocabularies, unit_interval, writable_dir  # noqa: F401 (re-exported)
 from pipeline.data.formats import atomic_path, bbox_of, read_image, write_json, write_panoptic_png
 from pipeline.data.vocab import Vocabulary, load_packaged_vocabulary, vocabulary_from_names
 from pipeline.errors import CheckpointError, FovsegError
@@ -72,36 +72,6 @@ def resolve_vocabulary(classes: str | None, stuff: str | None, vocab: str | None
     v = vocabulary_from_names(things + stuff_names, "predict")
     stuff_set = {n.strip().lower() for n in stuff_names}
     return Vocabulary(v.name, tuple(replace(c, isthing=c.name.lower() not in stuff_set) for c in v.classes))
-
-
-def packaged_vocabularies() -> list[str]:
-    from importlib import resources
-
-    return sorted(p.name[:-5] for p in (resources.files("pipeline") / "vocab").iterdir() if p.name.endswith(".json"))
-
-
-def unit_interval(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def writable_dir(text: str) -> str:
-    """argparse type: a folder we can create and write into, checked before any model is built."""
-    path = Path(text)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot write to {path} ({exc.strerror or exc}); choose another "
-                                         "folder") from None
-    return text
 
 
 def default_paths_from_dvc_yaml(args: argparse.Namespace) -> None:
@@ -298,22 +268,6 @@ def run_predict(args) -> dict:
     print(f"{len(images)} image(s), {n} segments -> {out}/ (<stem>_panoptic.png, _segments.json, _semantic.png, "
           "_overlay.png; predictions.json)")
     return result
-
-
-def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quote globs: 'imgs/*.jpg')")
-    p.add_argument("--classes", default=None, help='comma-separated class names, e.g. "red circle, blue square"')
-    p.add_argument("--stuff", default="", help='with --classes: comma-separated amorphous classes whose regions '
-                                               'merge into one segment, e.g. "grass, sky"')
-    p.add_argument("--vocab", default=None, help="a packaged vocabulary instead of --classes: " +
-                   ", ".join(packaged_vocabularies()))
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--backbones", default=None, help="default: the backbones stage's --out in ./dvc.yaml")
-    p.add_argument("--checkpoint", default=None, help="default: model.pt in the train stage's --out in ./dvc.yaml")
-    p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
-    p.add_argument("--threshold", type=unit_interval, default=0.3, help="minimum segment score, in [0, 1]")
-    p.add_argument("--out", type=writable_dir, default="predictions")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def load_segments(path: str | Path) -> dict:

@@ -184,3 +184,19 @@ def test_attention_stage_feeds_the_report(tiny_backbones, tiny_checkpoint, toy_r
     figs = tmp_path / "figs"
     figs.mkdir()
     assert len(copy_attention(tmp_path / "att", figs)) == 2
+
+
+@pytest.mark.parametrize("args", [["--help"], ["predict", "--help"], ["attention", "--help"], ["sweep", "--help"],
+                                  ["predict", "x.png", "--threshold", "2"]])
+def test_help_and_argument_errors_answer_without_importing_torch(args):
+    """`fovseg ... --help` and bad arguments are answered before torch, the models or matplotlib load."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pipeline.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'matplotlib', 'open_clip', 'transformers') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    if "--threshold" in args:
+        assert "must be in [0, 1], got 2" in out.stderr
