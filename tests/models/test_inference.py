@@ -38,3 +38,15 @@ def test_oracle_classifier_and_assignment():
     assert probs.argmax(1).tolist() == [5, 2]
     targets = assign_targets(torch.cat([pred, torch.zeros(1, 8, 8, dtype=torch.bool)]), gt, labels, 0.5)
     assert targets.tolist() == [5, 2, IGNORE]
+
+
+def test_semantic_inference_is_the_argmax_of_the_weighted_sum_first_class_on_ties():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(6, 5, generator=g)
+    masks = (torch.rand(6, 12, 12, generator=g) > 0.5).float()
+    obj = torch.rand(6, generator=g)
+    ref = torch.einsum("qc,qhw->chw", probs * obj[:, None], masks).argmax(0)
+    assert torch.equal(semantic_inference(probs, masks, obj), ref)
+    tied = torch.tensor([[0.5, 0.5, 0.0]])  # classes 0 and 1 tie everywhere the mask is on
+    labels = semantic_inference(tied, torch.ones(1, 4, 4), torch.ones(1))
+    assert torch.equal(labels, torch.zeros(4, 4, dtype=torch.long))
