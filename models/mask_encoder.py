@@ -355,12 +355,12 @@ class MaskCLIPVisual(nn.Module):
             return {id(t): t.keys_values(batched) for t in modules}
         versions = tuple(_version(p) for t in modules for p in t.parameters())
         fresh = [entry for entry in self._kv_cache if entry[1] == versions]  # changed weights: all stale
-        hit = None if refresh else next((e for e in fresh if _same_targets(e[0], targets)), None)
-        if hit is None:
+        index = next((i for i, e in enumerate(fresh) if _same_targets(e[0], targets)), None)
+        hit = fresh.pop(index) if index is not None else None  # entries are distinct: at most one matches
+        if hit is None or refresh:
             kv = {id(t): t.keys_values(batched) for t in modules}
             hit = (targets if targets.device.type == "meta" else targets.detach().clone(), versions, kv)
-        self._kv_cache = [hit] + [e for e in fresh if e is not hit and not _same_targets(e[0], targets)]
-        del self._kv_cache[KV_CACHE_VOCABULARIES:]
+        self._kv_cache = [hit, *fresh][:KV_CACHE_VOCABULARIES]  # most recently used first
         return hit[2]
 
     def clear_vocabulary_cache(self) -> None:
