@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline.builder import ReadyClassifier, build_classifier, build_generator, classify_image
-from pipeline.cli_args import packaged_vocabularies, unit_interval, writable_dir  # noqa: F401 (re-exported)
+from pipeline.cli_args import packaged_vocabularies
 from pipeline.data.formats import atomic_path, bbox_of, read_image, write_json, write_panoptic_png
 from pipeline.data.vocab import Vocabulary, load_packaged_vocabulary, vocabulary_from_names
 from pipeline.errors import CheckpointError, FovsegError
