@@ -12,14 +12,19 @@ def proposal_scores(class_probs: torch.Tensor, objectness: torch.Tensor) -> tupl
     return objectness * conf, labels
 
 
-def semantic_inference(class_probs: torch.Tensor, mask_probs: torch.Tensor, objectness: torch.Tensor
-                       ) -> torch.Tensor:
+def semantic_inference(class_probs: torch.Tensor, mask_probs: torch.Tensor, objectness: torch.Tensor,
+                       void_label: int = -1) -> torch.Tensor:
     """(Q,C), (Q,H,W), (Q,) -> (H,W) labels = argmax_c sum_q obj_q p_qc m_q (Mask2Former semantic inference).
-    With no proposals every pixel gets label 0 (there is nothing better to say)."""
+
+    Pixels no proposal covers (every class sums to 0: binary masks, or no proposals) get ``void_label``,
+    "no prediction", instead of argmax's class 0: Mask2Former's soft masks give every pixel some score,
+    stored binary proposals do not. The metrics count them as misses (``pipeline.metrics.SemanticStat``).
+    """
     if class_probs.shape[0] == 0:
-        return torch.zeros(mask_probs.shape[-2:], dtype=torch.long)
+        return torch.full(mask_probs.shape[-2:], void_label, dtype=torch.long)
     seg = torch.einsum("qc,qhw->chw", class_probs * objectness[:, None], mask_probs.float())
-    return seg.max(0).indices  # = argmax(0), first maximum on ties; 1.4-4x faster over the outer dim on CPU
+    best = seg.max(0)  # indices = argmax(0), first maximum on ties; 1.4-4x faster over the outer dim on CPU
+    return torch.where(best.values > 0, best.indices, void_label)
 
 
 def panoptic_inference(class_probs: torch.Tensor, mask_probs: torch.Tensor, objectness: torch.Tensor,

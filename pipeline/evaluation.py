@@ -111,7 +111,7 @@ class OracleClassifier:
 class Prediction:
     """What the loop hands each evaluator for one sample."""
 
-    semantic: np.ndarray  # (H,W) labels
+    semantic: np.ndarray  # (H,W) labels; the benchmark's ignore label where no proposal covers the pixel
     id_map: np.ndarray | None  # (H,W) panoptic segment ids, 0 = void (panoptic benchmarks)
     segments: list[dict] | None  # segments_info with contiguous labels
     seconds: float  # classifier time for this image
@@ -244,7 +244,7 @@ def inference_on_dataset(ds: BenchmarkDataset, proposals: ProposalSource, classi
         probs = classify(s, masks)
         seconds = time.perf_counter() - t0
         mask_probs, obj = torch.from_numpy(masks).float(), torch.from_numpy(scores)
-        semantic = semantic_inference(probs, mask_probs, obj).numpy()
+        semantic = semantic_inference(probs, mask_probs, obj, void_label=ds.bench.ignore_label).numpy()
         id_map, segs = None, None
         if panoptic:
             id_t, segs = panoptic_inference(probs, mask_probs, obj, is_thing, object_threshold, overlap_threshold)

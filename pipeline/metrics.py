@@ -6,8 +6,11 @@ crowd by more than half of its area is not a false positive. Per-class PQ is ave
 with at least one TP, FP or FN; SQ, RQ and the thing/stuff splits likewise.
 
 mIoU: detectron2's current formula: IoU_c = TP / (TP + FP + FN) averaged over classes that have
-ground-truth pixels; the ignore label is excluded. (detectron2 v0.6 averaged over every class with
-a non-zero union, which gives lower numbers on large vocabularies.)
+ground-truth pixels; pixels whose ground truth is the ignore label are excluded. (detectron2 v0.6
+averaged over every class with a non-zero union, which gives lower numbers on large vocabularies.)
+A *prediction* equal to the ignore label means "no prediction" (no proposal covers the pixel): it is a
+false negative of the pixel's ground-truth class and a false positive of none. (detectron2's evaluator
+has no such value: Mask2Former's soft masks give every pixel a label.)
 
 Speed (see ``python -m pipeline.scripts.bench_metrics``): no sorting. One vectorised comparison splits
 the raveled (gt, pred) maps into runs of equal pixel pairs (label maps are piecewise constant); only
@@ -201,12 +204,14 @@ class PQStat:
 
 class SemanticStat:
     """Confusion-matrix accumulator for mIoU, fwIoU, mACC, pACC: ``conf[g, p]`` counts pixels of ground-truth
-    class g predicted as p. Label maps are counted run by run (a run = consecutive pixels with the same
-    (gt, pred) pair), falling back to a per-pixel ``bincount`` for maps without long runs."""
+    class g predicted as p, ``unpredicted[g]`` those of class g predicted as the ignore label (no prediction).
+    Label maps are counted run by run (a run = consecutive pixels with the same (gt, pred) pair), falling
+    back to a per-pixel ``bincount`` for maps without long runs."""
 
     def __init__(self, num_classes: int, ignore_label: int):
         self.n, self.ignore = num_classes, ignore_label
         self.conf = np.zeros((num_classes, num_classes), np.int64)
+        self.unpredicted = np.zeros(num_classes, np.int64)
 
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
         if gt.shape != pred.shape:
@@ -220,8 +225,18 @@ class SemanticStat:
         if not keep.all():
             g, p = g[keep], p[keep]
             lengths = lengths[keep] if runs else lengths
-        if g.size and (g.min() < 0 or g.max() >= self.n or p.min() < 0 or p.max() >= self.n):
-            raise ValueError(f"labels outside [0, {self.n}) (ignore label {self.ignore})")
+        if g.size and (g.min() < 0 or g.max() >= self.n):
+            raise ValueError(f"ground-truth labels outside [0, {self.n}) (ignore label {self.ignore})")
+        none = p == self.ignore
+        if none.any():
+            self.unpredicted += np.bincount(g[none], weights=lengths[none] if runs else None,
+                                            minlength=self.n).astype(np.int64)
+            keep = ~none
+            g, p = g[keep], p[keep]
+            lengths = lengths[keep] if runs else lengths
+        if g.size and (p.min() < 0 or p.max() >= self.n):
+            raise ValueError(f"predicted labels outside [0, {self.n}) (the ignore label {self.ignore} means "
+                             "no prediction)")
         flat = g.astype(np.intp)
         flat *= self.n
         flat += p
@@ -233,11 +248,13 @@ class SemanticStat:
     def merge(self, other: "SemanticStat") -> None:
         """Add another accumulator's confusion matrix (e.g. from a worker process)."""
         self.conf += other.conf
+        self.unpredicted += other.unpredicted
 
     def summary(self, groups: dict[str, list[int]] | None = None) -> dict[str, float]:
         conf = self.conf
         tp = np.diag(conf).astype(np.float64)
-        pos_gt, pos_pred = conf.sum(1).astype(np.float64), conf.sum(0).astype(np.float64)
+        pos_gt = (conf.sum(1) + self.unpredicted).astype(np.float64)
+        pos_pred = conf.sum(0).astype(np.float64)
         valid = pos_gt > 0
         iou = np.where(valid, tp / np.maximum(pos_gt + pos_pred - tp, 1), 0.0)
         acc = np.where(valid, tp / np.maximum(pos_gt, 1), 0.0)

@@ -210,14 +210,14 @@ def evaluate_semantic(gt_folder: Path, pred_folder: Path, vocab_spec: str, ignor
 
 
 def _semantic_rows(result: dict) -> list[dict]:
-    conf = result["stat"].conf
-    gt_px, pred_px, tp = conf.sum(1), conf.sum(0), np.diag(conf)
+    conf, unpredicted = result["stat"].conf, result["stat"].unpredicted
+    gt_px, pred_px, tp = conf.sum(1) + unpredicted, conf.sum(0), np.diag(conf)
     rows = []
     for i, name in enumerate(result["names"]):
         valid = gt_px[i] > 0
         rows.append({"label": i, "name": name, "IoU": 100 * tp[i] / (gt_px[i] + pred_px[i] - tp[i]) if valid else "",
                      "ACC": 100 * tp[i] / gt_px[i] if valid else "", "gt_pixels": int(gt_px[i]),
-                     "pred_pixels": int(pred_px[i])})
+                     "pred_pixels": int(pred_px[i]), "unpredicted_pixels": int(unpredicted[i])})
     return rows
 
 

@@ -17,6 +17,17 @@ def test_semantic_inference_takes_the_confident_class():
     assert (sem[:, :4] == 0).all() and (sem[:, 4:] == 2).all()
 
 
+def test_semantic_inference_leaves_uncovered_pixels_void():
+    """Binary proposals that cover part of the image: the rest is "no prediction", not class 0."""
+    probs = torch.tensor([[0.1, 0.9]])
+    masks = torch.zeros(1, 4, 4)
+    masks[0, :2] = 1
+    sem = semantic_inference(probs, masks, torch.ones(1), void_label=255)
+    assert (sem[:2] == 1).all() and (sem[2:] == 255).all()
+    assert (semantic_inference(probs, masks, torch.zeros(1)) == -1).all()  # objectness 0 covers nothing
+    assert (semantic_inference(probs[:0], masks[:0], torch.zeros(0), void_label=7) == 7).all()
+
+
 def test_panoptic_merges_stuff_and_drops_low_scores():
     masks = torch.zeros(3, 8, 8)
     masks[0, :4] = 1
@@ -45,8 +56,9 @@ def test_semantic_inference_is_the_argmax_of_the_weighted_sum_first_class_on_tie
     probs = torch.rand(6, 5, generator=g)
     masks = (torch.rand(6, 12, 12, generator=g) > 0.5).float()
     obj = torch.rand(6, generator=g)
-    ref = torch.einsum("qc,qhw->chw", probs * obj[:, None], masks).argmax(0)
-    assert torch.equal(semantic_inference(probs, masks, obj), ref)
+    seg = torch.einsum("qc,qhw->chw", probs * obj[:, None], masks)
+    ref = torch.where(seg.amax(0) > 0, seg.argmax(0), -1)
+    assert (ref == -1).any() and torch.equal(semantic_inference(probs, masks, obj), ref)
     tied = torch.tensor([[0.5, 0.5, 0.0]])  # classes 0 and 1 tie everywhere the mask is on
     labels = semantic_inference(tied, torch.ones(1, 4, 4), torch.ones(1))
     assert torch.equal(labels, torch.zeros(4, 4, dtype=torch.long))

@@ -86,6 +86,23 @@ def test_semantic_metrics_known_case():
     assert out["pACC"] == pytest.approx(100 * 6 / 7)
 
 
+def test_semantic_no_prediction_is_a_miss_and_no_false_positive():
+    """A prediction equal to the ignore label (no proposal covers the pixel) is a false negative of the
+    ground-truth class and a false positive of no class (predicting class 0 there was both)."""
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    pred = np.array([[0, 0, 255, 1], [0, 255, 1, 255]])
+    s = SemanticStat(2, 255)
+    s.add(gt, pred)
+    out = s.summary()
+    # class 0: tp 3, fp 0, fn 1 -> 0.75 ; class 1: tp 2, fp 0, fn 1 -> 2/3
+    assert out["mIoU"] == pytest.approx(100 * (0.75 + 2 / 3) / 2)
+    assert out["pACC"] == pytest.approx(100 * 5 / 7)
+    assert s.unpredicted.tolist() == [1, 1]
+    wide = SemanticStat(2, 255)  # the same counts through the run-length path
+    wide.add(np.repeat(gt, 50, axis=1), np.repeat(pred, 50, axis=1))
+    assert wide.unpredicted.tolist() == [50, 50] and wide.summary()["mIoU"] == pytest.approx(out["mIoU"])
+
+
 def test_coco_sample_ground_truth_against_itself(coco_root):
     """The COCO sample fixture scored against its own ground truth gives PQ 100 and mIoU 100."""
     ds = BenchmarkDataset(get_benchmark("coco_panoptic_val"), coco_root)
