@@ -7,6 +7,7 @@ from torch import nn
 
 from models.clip_backbone import clip_input_stats
 from models.fiser import (
+    FISER_CANDIDATES,
     FiserPredictor,
     FiserTextPredictor,
     default_tokenizer,
@@ -67,8 +68,10 @@ class FOVSeg(nn.Module):
     def __init__(self, clip_model: nn.Module, teva: TevaConfig | None = None, adapter_layers: int = 2,
                  adapter_channels: int = 16, fiser_layers: int = 0, fiser_heads: int = 4,
                  image_size: int | None = None, fiser_variant: str = "text_encoder",
-                 teva_train_targets: str = "image", tokenizer=None):
+                 teva_train_targets: str = "image", tokenizer=None, fiser_candidates: str = "image"):
         super().__init__()
+        if fiser_candidates not in FISER_CANDIDATES:
+            raise ValueError(f"unknown FiSeR candidates {fiser_candidates!r}; valid: {FISER_CANDIDATES}")
         if fiser_variant not in FISER_VARIANTS:
             raise ValueError(f"unknown FiSeR variant {fiser_variant!r}; valid: {FISER_VARIANTS}")
         if teva_train_targets not in TEVA_TRAIN_TARGETS:
@@ -85,6 +88,7 @@ class FOVSeg(nn.Module):
             self.fiser = FiserTextPredictor(embed_dim, token_dim, fiser_layers, fiser_heads)
         elif fiser_layers > 0:
             self.fiser = FiserPredictor(embed_dim, fiser_layers, fiser_heads)
+        self.fiser_candidates = fiser_candidates
         self.teva_train_targets = teva_train_targets
         self.tokenizer = tokenizer  # CLIP's tokenizer (a plain callable), for set_label_names
         self.image_size = image_size or int(self.visual.native_grid[0] * self.visual.patch_size)
@@ -144,8 +148,8 @@ class FOVSeg(nn.Module):
         if fiser_class_sets is not None and self.fiser is not None:  # training only; inside forward for DDP
             if isinstance(self.fiser, FiserTextPredictor):
                 result["loss_fiser"] = fiser_text_loss(self.fiser, self.clip, text_embeds.float(), fiser_class_sets,
-                                                       out["patch_embeds"].float())
+                                                       out["patch_embeds"].float(), candidates=self.fiser_candidates)
             else:
                 result["loss_fiser"] = fiser_loss(self.fiser, text_embeds.float(), fiser_class_sets,
-                                                  out["patch_embeds"].float())
+                                                  out["patch_embeds"].float(), candidates=self.fiser_candidates)
         return result

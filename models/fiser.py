@@ -48,9 +48,9 @@ class FiserPredictor(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def forward(self, class_embeds: torch.Tensor, class_valid: torch.Tensor, masked_index: torch.Tensor,
-                image_tokens: torch.Tensor) -> torch.Tensor:
+                image_tokens: torch.Tensor, embed_only: bool = False) -> torch.Tensor:
         """class_embeds (B,K,E), class_valid (B,K) bool, masked_index (B,), image_tokens (B,N,E) -> logits (B,K)
-        (-inf at padding)."""
+        (-inf at padding), or with ``embed_only`` the predicted embedding (B,E)."""
         b, k, _ = class_embeds.shape
         idx = torch.arange(k, device=class_embeds.device)
         is_masked = idx[None] == masked_index[:, None]
@@ -61,6 +61,8 @@ class FiserPredictor(nn.Module):
                                                   device=class_valid.device)], dim=1)
         h = self.encoder(seq, src_key_padding_mask=pad)
         pred = self.out(h[torch.arange(b, device=h.device), masked_index])
+        if embed_only:
+            return pred
         logits = self.logit_scale.exp() * F.normalize(pred, dim=-1).unsqueeze(1).mul(
             F.normalize(class_embeds, dim=-1)).sum(-1)
         return logits.masked_fill(~class_valid, float("-inf"))
@@ -81,10 +83,24 @@ def pad_class_sets(text_embeds: torch.Tensor, class_sets: list[list[int]]) -> tu
     return out, valid
 
 
+FISER_CANDIDATES = ("image", "vocabulary")
+
+
+def vocabulary_logits(pred: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(B,E) predicted embeddings x (C,E) vocabulary -> (B,C) scaled cosine logits (eq. 5 over every class)."""
+    return scale * F.normalize(pred, dim=-1) @ F.normalize(text_embeds, dim=-1).t()
+
+
+def vocabulary_targets(class_sets: list[list[int]], keep: list[int], masked_index: torch.Tensor) -> torch.Tensor:
+    """The masked label's vocabulary index for each kept image."""
+    return torch.tensor([class_sets[i][int(masked_index[i])] for i in keep], dtype=torch.long)
+
+
 def fiser_loss(predictor: FiserPredictor, text_embeds: torch.Tensor, class_sets: list[list[int]],
                image_tokens: torch.Tensor, generator: torch.Generator | None = None,
-               masked_index: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy over images that have at least one class (0 if none do)."""
+               masked_index: torch.Tensor | None = None, candidates: str = "image") -> torch.Tensor:
+    """Mean cross-entropy over images that have at least one class (0 if none do); ``candidates`` as in
+    :func:`fiser_text_loss`."""
     class_embeds, valid = pad_class_sets(text_embeds, class_sets)
     counts = valid.sum(1)
     if masked_index is None:
@@ -93,6 +109,11 @@ def fiser_loss(predictor: FiserPredictor, text_embeds: torch.Tensor, class_sets:
     has = counts > 0
     if not has.any():
         return image_tokens.sum() * 0.0
+    if candidates == "vocabulary":
+        keep = has.nonzero().flatten().tolist()
+        pred = predictor(class_embeds[has], valid[has], masked_index[has], image_tokens[has], embed_only=True)
+        logits = vocabulary_logits(pred, text_embeds, predictor.logit_scale.exp())
+        return F.cross_entropy(logits, vocabulary_targets(class_sets, keep, masked_index).to(logits.device))
     logits = predictor(class_embeds[has], valid[has], masked_index[has], image_tokens[has])
     return F.cross_entropy(logits, masked_index[has])
 
@@ -222,10 +243,11 @@ class FiserTextPredictor(nn.Module):
         return ids, is_m, pad
 
     def forward(self, clip: nn.Module, class_embeds: torch.Tensor, class_valid: torch.Tensor,
-                class_sets: list[list[int]], masked_index: torch.Tensor, image_tokens: torch.Tensor
-                ) -> torch.Tensor:
+                class_sets: list[list[int]], masked_index: torch.Tensor, image_tokens: torch.Tensor,
+                embed_only: bool = False) -> torch.Tensor:
         """class_embeds (B,K,E) normalised, class_valid (B,K), class_sets (vocabulary indices per image),
-        masked_index (B,), image_tokens (B,N,E) -> logits (B,K) (-inf at padding)."""
+        masked_index (B,), image_tokens (B,N,E) -> logits (B,K) (-inf at padding), or with ``embed_only``
+        the predicted embedding (B,E)."""
         tower = text_tower(clip)
         context = tower.positional_embedding.shape[0]
         dev = image_tokens.device
@@ -238,6 +260,8 @@ class FiserTextPredictor(nn.Module):
         h = self.encoder(seq, src_key_padding_mask=key_pad)  # eq. 3
         w = is_m[..., None].to(h.dtype)
         pred = self.out((h[:, :ids.shape[1]] * w).sum(1) / w.sum(1).clamp_min(1))
+        if embed_only:
+            return pred
         logits = self.logit_scale.exp() * F.normalize(pred, dim=-1).unsqueeze(1).mul(
             F.normalize(class_embeds, dim=-1)).sum(-1)  # eqs. 4-5
         return logits.masked_fill(~class_valid, float("-inf"))
@@ -245,9 +269,14 @@ class FiserTextPredictor(nn.Module):
 
 def fiser_text_loss(predictor: FiserTextPredictor, clip: nn.Module, text_embeds: torch.Tensor,
                     class_sets: list[list[int]], image_tokens: torch.Tensor,
-                    generator: torch.Generator | None = None, masked_index: torch.Tensor | None = None
-                    ) -> torch.Tensor:
-    """Eq. 6 for the text_encoder variant: mean cross-entropy over images with at least one class."""
+                    generator: torch.Generator | None = None, masked_index: torch.Tensor | None = None,
+                    candidates: str = "image") -> torch.Tensor:
+    """Eq. 6 for the text_encoder variant: mean cross-entropy over images with at least one class.
+
+    ``candidates``: ``image`` = the softmax runs over the image's own K classes (eq. 6 as written; K-1 of
+    them are in the Predictor's input, so elimination alone narrows the answer, and K = 1 is a free 0
+    loss); ``vocabulary`` = over every class of the training vocabulary ("the pre-computed text
+    embeddings of the dataset's target categories", Sec. IV)."""
     class_embeds, valid = pad_class_sets(text_embeds, class_sets)
     counts = valid.sum(1)
     if masked_index is None:
@@ -257,6 +286,11 @@ def fiser_text_loss(predictor: FiserTextPredictor, clip: nn.Module, text_embeds:
     if not has.any():
         return image_tokens.sum() * 0.0 + predictor.mask_token.sum() * 0.0
     keep = has.nonzero().flatten().tolist()
+    if candidates == "vocabulary":
+        pred = predictor(clip, class_embeds[has], valid[has], [class_sets[i] for i in keep],
+                         masked_index[has].cpu(), image_tokens[has], embed_only=True)
+        logits = vocabulary_logits(pred, text_embeds, predictor.logit_scale.exp())
+        return F.cross_entropy(logits, vocabulary_targets(class_sets, keep, masked_index).to(logits.device))
     logits = predictor(clip, class_embeds[has], valid[has], [class_sets[i] for i in keep],
                        masked_index[has].cpu(), image_tokens[has])
     return F.cross_entropy(logits, masked_index[has].to(logits.device))

@@ -184,6 +184,7 @@ class TevaParams:
 class FiserParams:
     enabled: bool = True
     variant: Literal["text_encoder", "embedding"] = "text_encoder"  # eq. 2 through CLIP's text encoder | ablation
+    candidates: Literal["image", "vocabulary"] = "image"  # eq. 6's softmax: the image's K classes | all classes
     layers: int = 2
     heads: int = 4
 
@@ -451,7 +452,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file (the toy preset when it is the repo's params.yaml)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"params file {path} not found; run from the repository root or pass --params")
+        raise FileNotFoundError(f"params file {path} not found (looked in {Path.cwd()}): run from the repository "
+                                "root, or pass --params PATH to an existing params file")
     data = read_params_yaml(path)
     if data is None:
         raise ParamsError(f"{path} is empty; restore the toy preset with `git checkout {path.name}` or "

@@ -58,7 +58,8 @@ TOY_COLUMNS = ("PQ", "PQ_seen", "PQ_unseen", "mIoU", "mIoU_seen", "mIoU_unseen")
 MODELS = (("trained", None), ("baseline (untrained)", "baseline"), ("oracle classifier (Fig. 2a)", "oracle_classifier"),
           ("oracle generator (Fig. 2b)", "oracle_generator"))
 MIOU_NOTE = ("mIoU follows detectron2's current formula: per-class IoU = TP/(TP+FP+FN), averaged over classes "
-             "with ground-truth pixels; the ignore label (255, or 65535 for ADE-847/PC-459) is excluded. "
+             "with ground-truth pixels; the ignore label (255, or 65535 for ADE-847/PC-459) is excluded, and a pixel "
+             "no proposal covers is predicted as no class (a miss of its true class, a false positive of none). "
              "PQ follows the COCO panoptic API (IoU > 0.5 matching, void and crowd handling).")
 
 
@@ -338,8 +339,9 @@ def table4(grid: str, sweep: dict) -> Table:
              f"{fmt(sweep.get('wall_seconds'))} s. Reference row: {sweep.get('reference_row', NA)}."]
     if key:
         notes.append(f"Paper: Table {sweep['paper_table']} ({paper_tables()['table4_ablations']['_note']})")
-    return Table(f"table4_{grid}", f"Table {sweep.get('paper_table', '?')} analogue: sweep '{grid}'", cols, rows,
-                 notes)
+    title = (f"Table {sweep['paper_table']} analogue: sweep '{grid}'" if sweep.get("paper_table")
+             else f"Ablation beyond the paper: sweep '{grid}'")
+    return Table(f"table4_{grid}", title, cols, rows, notes)
 
 
 def plot_fig9(grid: str, sweep: dict, out: Path) -> str | None:

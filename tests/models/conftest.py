@@ -18,5 +18,6 @@ def tiny_clip():
 PLAIN = TevaConfig(False, True)
 
 
-def make_fovseg(clip, teva=PLAIN, adapter_layers=0, fiser_layers=0) -> FOVSeg:
-    return FOVSeg(copy.deepcopy(clip), teva=teva, adapter_layers=adapter_layers, fiser_layers=fiser_layers).eval()
+def make_fovseg(clip, teva=PLAIN, adapter_layers=0, fiser_layers=0, **kwargs) -> FOVSeg:
+    return FOVSeg(copy.deepcopy(clip), teva=teva, adapter_layers=adapter_layers, fiser_layers=fiser_layers,
+                  **kwargs).eval()

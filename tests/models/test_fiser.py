@@ -112,3 +112,41 @@ def test_text_fiser_needs_the_label_names(tiny_clip):
     with pytest.raises(RuntimeError, match="set_label_names"):
         model(torch.rand(1, 3, 64, 64) * 255, torch.ones(1, 1, 64, 64), F.normalize(torch.randn(3, 64), dim=-1),
               fiser_class_sets=[[0, 1]])
+
+
+def test_vocabulary_candidates_score_the_masked_label_against_every_class(tiny_clip):
+    """``candidates: vocabulary``: eq. 5's cosine over the whole vocabulary, target = the masked label's
+    vocabulary index; an image with one class is a real task there (with its own K = 1 classes, a free 0)."""
+    from models.fiser import fiser_text_loss, pad_class_sets, vocabulary_logits
+
+    model, _ = _text_model(tiny_clip)
+    torch.manual_seed(0)
+    text = F.normalize(torch.randn(7, model.embed_dim), dim=-1)
+    tokens = torch.randn(2, 16, model.embed_dim)
+    sets, masked = [[1, 4, 6], [3]], torch.tensor([2, 0])
+    with torch.no_grad():
+        loss = fiser_text_loss(model.fiser, model.clip, text, sets, tokens, masked_index=masked,
+                               candidates="vocabulary")
+        emb, valid = pad_class_sets(text, sets)
+        pred = model.fiser(model.clip, emb, valid, sets, masked, tokens, embed_only=True)
+        logits = vocabulary_logits(pred, text, model.fiser.logit_scale.exp())
+        image_only = fiser_text_loss(model.fiser, model.clip, text, [[3]], tokens[1:], masked_index=masked[1:])
+    assert logits.shape == (2, 7)
+    assert torch.allclose(loss, F.cross_entropy(logits, torch.tensor([6, 3])), atol=1e-6)
+    assert image_only.item() == 0.0  # K = 1 with the image's own candidates
+    assert F.cross_entropy(logits[1:], torch.tensor([3])).item() > 0.1
+
+
+def test_vocabulary_candidates_train_through_the_classifier_and_reject_unknown_modes(tiny_clip):
+    from tests.models.conftest import make_fovseg
+
+    clip, tokenizer = tiny_clip
+    model = make_fovseg(clip, fiser_layers=1, fiser_candidates="vocabulary")
+    model.set_label_names(NAMES, tokenizer)
+    text = F.normalize(torch.randn(7, model.embed_dim), dim=-1)
+    out = model(torch.rand(2, 3, 64, 64) * 255, torch.ones(2, 2, 64, 64), text,
+                fiser_class_sets=[[0, 2, 5], [3]], class_sets=[[0, 2, 5], [3]])
+    out["loss_fiser"].backward()
+    assert model.fiser.mask_token.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="FiSeR candidates"):
+        make_fovseg(clip, fiser_layers=1, fiser_candidates="batch")
