@@ -108,9 +108,11 @@ def load_clip(clip_params: ClipParams, backbones_dir: str | Path, device: torch.
 
 
 def clip_weights_id(clip_params: ClipParams, backbones_dir: str | Path) -> str:
-    """Identifies the CLIP weights: the pretrained tag, or a content hash of the toy pre-trained checkpoint."""
+    """Identifies the CLIP weights: the pretrained tag, or a content hash of a local weights file (the toy
+    pre-trained checkpoint, or ``pretrained`` given as a path: replacing the file changes the id)."""
     if clip_params.pretrained:
-        return clip_params.pretrained
+        local = Path(clip_params.pretrained)
+        return f"{local.name}:{file_digest(local)}" if local.is_file() else clip_params.pretrained
     path = Path(backbones_dir) / TOY_CLIP_FILE
     return file_digest(path) if path.exists() else str(path)
 
@@ -122,7 +124,8 @@ def new_classifier(clip, model_params: ModelParams, image_size: int, tokenizer=N
                   adapter_layers=model_params.adapter_layers, adapter_channels=model_params.adapter_channels,
                   fiser_layers=model_params.fiser.layers if model_params.fiser.enabled else 0,
                   fiser_heads=model_params.fiser.heads, image_size=image_size,
-                  fiser_variant=model_params.fiser.variant, teva_train_targets=t.train_targets, tokenizer=tokenizer)
+                  fiser_variant=model_params.fiser.variant, teva_train_targets=t.train_targets, tokenizer=tokenizer,
+                  fiser_candidates=model_params.fiser.candidates)
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -56,3 +56,17 @@ def test_unreadable_checkpoint_and_missing_backbones_are_clear(backbones, tmp_pa
         build_classifier(p.backbones.clip, p.model, backbones, "cpu", checkpoint=bad)
     with pytest.raises(WeightsUnavailableError, match="clip.pt not found; run `dvc repro backbones`"):
         build_classifier(p.backbones.clip, p.model, tmp_path / "none", "cpu")
+
+
+def test_clip_weights_id_follows_a_local_weights_file_content(tmp_path):
+    """The text-embedding cache is keyed by this id: replacing a local ``pretrained`` file at the same path
+    must change it (a tag such as ``openai`` stays the tag)."""
+    from pipeline.builder import clip_weights_id
+    from pipeline.config import ClipParams
+
+    weights = tmp_path / "clip.bin"
+    weights.write_bytes(b"first weights")
+    first = clip_weights_id(ClipParams(model="ViT-B-16", pretrained=str(weights)), tmp_path)
+    weights.write_bytes(b"other weights")
+    assert clip_weights_id(ClipParams(model="ViT-B-16", pretrained=str(weights)), tmp_path) != first
+    assert clip_weights_id(ClipParams(model="ViT-B-16", pretrained="openai"), tmp_path) == "openai"
