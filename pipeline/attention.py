@@ -96,7 +96,8 @@ def run_attention(args) -> list[Path]:
     out = Path(args.out)
     params = load_params(args.params)
     default_paths_from_dvc_yaml(args)
-    models = load_models(params, args.backbones, args.checkpoint, vocab, pick_device(params.device))
+    models = load_models(params, args.backbones, args.checkpoint, vocab, pick_device(args.device or params.device))
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in images:
         fig = attention_figure(models, read_image(path), vocab.names, params, title=path.name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -57,21 +58,72 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
+def class_list(text: str, flag: str) -> list[str]:
+    """``--classes`` / ``--stuff``: names separated by commas or newlines, or ``@FILE`` with one name per line
+    (blank lines and ``#`` comments skipped)."""
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PredictError(f"{flag} {text}: cannot read {path} ({exc}); give a UTF-8 text file with one class "
+                               "name per line") from None
+        return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    return [n.strip() for n in re.split(r"[,\n]", text) if n.strip()]
+
+
+def check_unique(named: list[tuple[str, str, int]]) -> None:
+    """(name, flag, 1-based entry) triples: each name once, compared case-insensitively."""
+    seen: dict[str, tuple[str, str, int]] = {}
+    for name, flag, k in named:
+        key = name.lower()
+        if key in seen:
+            first, first_flag, first_k = seen[key]
+            raise PredictError(f"class {name!r} is given twice: {first_flag} entry {first_k} ({first!r}) and {flag} "
+                               f"entry {k} (names are compared case-insensitively); give each class once")
+        seen[key] = (name, flag, k)
+
+
 def resolve_vocabulary(classes: str | None, stuff: str | None, vocab: str | None) -> Vocabulary:
-    """``--vocab NAME`` (a packaged vocabulary, thing/stuff flags included) or ``--classes`` (+ ``--stuff``)."""
-    if bool(classes) == bool(vocab):
-        raise PredictError("give exactly one of --classes \"a, b\" or --vocab NAME (packaged: "
+    """``--vocab NAME|FILE.json`` (a packaged or JSON vocabulary, thing/stuff flags included) or ``--classes``
+    (+ ``--stuff``)."""
+    from pipeline.data.vocab import load_vocabulary_file
+
+    if classes is not None and vocab is not None:
+        raise PredictError("give either --classes or --vocab, not both")
+    if stuff and classes is None:
+        raise PredictError("--stuff adds amorphous classes to --classes; give --classes too (a --vocab carries its "
+                           "own thing/stuff flags)")
+    if vocab is not None:
+        if vocab in packaged_vocabularies():
+            return load_packaged_vocabulary(vocab)
+        if Path(vocab).is_file():
+            return load_vocabulary_file(vocab)
+        raise PredictError(f"--vocab {vocab}: no such packaged vocabulary or file; choose from "
+                           f"{', '.join(packaged_vocabularies())}, or give a vocabulary JSON file")
+    if classes is None:
+        raise PredictError("give the classes to look for: --classes \"a, b\" (or @FILE) or --vocab NAME (packaged: "
                            f"{', '.join(packaged_vocabularies())})")
-    if vocab:
-        if vocab not in packaged_vocabularies():
-            raise PredictError(f"--vocab {vocab}: no such packaged vocabulary; choose from "
-                               f"{', '.join(packaged_vocabularies())}")
-        return load_packaged_vocabulary(vocab)
-    things = [n for n in classes.split(",") if n.strip()]
-    stuff_names = [n for n in (stuff or "").split(",") if n.strip()]
+    things, stuff_names = class_list(classes, "--classes"), class_list(stuff or "", "--stuff")
+    if not things:
+        raise PredictError(f"--classes {classes!r} holds no class name; give names separated by commas, e.g. "
+                           "--classes \"red circle, sky\"")
+    check_unique([(n, "--classes", k) for k, n in enumerate(things, 1)] +
+                 [(n, "--stuff", k) for k, n in enumerate(stuff_names, 1)])
     v = vocabulary_from_names(things + stuff_names, "predict")
-    stuff_set = {n.strip().lower() for n in stuff_names}
+    stuff_set = {n.lower() for n in stuff_names}
     return Vocabulary(v.name, tuple(replace(c, isthing=c.name.lower() not in stuff_set) for c in v.classes))
+
+
+def check_images_readable(images: list[Path]) -> None:
+    """Open each file's header (cheap) so that a non-image fails before the model is built."""
+    for path in images:
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, ValueError) as exc:
+            raise PredictError(f"{path} is not an image Pillow can read ({exc}); give image files "
+                               f"({', '.join(IMAGE_EXTS)})") from None
 
 
 def default_paths_from_dvc_yaml(args: argparse.Namespace) -> None:
@@ -221,6 +273,7 @@ def predict_images(segmenter, images: list[Path], vocab: Vocabulary, out: Path, 
     from tqdm import tqdm
 
     annotations, stems, summary = [], set(), []
+    out.mkdir(parents=True, exist_ok=True)
     for path in tqdm(images, desc="fovseg predict", unit="image", disable=not progress):
         stem = path.stem
         k = 1
@@ -257,16 +310,23 @@ def run_predict(args) -> dict:
 
     images = expand_inputs(args.inputs)
     vocab = resolve_vocabulary(args.classes, args.stuff, args.vocab)
+    check_images_readable(images)
     out = Path(args.out)
     params = load_params(args.params)
     default_paths_from_dvc_yaml(args)
-    device = pick_device(params.device)
+    device = pick_device(args.device or params.device)
     segmenter = build_segmenter(params, vocab, args.backbones, None if args.zero_shot else args.checkpoint,
                                 args.threshold, device)
     result = predict_images(segmenter, images, vocab, out, progress=not args.quiet)
     n = sum(i["segments"] for i in result["images"])
     print(f"{len(images)} image(s), {n} segments -> {out}/ (<stem>_panoptic.png, _segments.json, _semantic.png, "
           "_overlay.png; predictions.json)")
+    empty = [i["image"] for i in result["images"] if not i["segments"]]
+    if empty:
+        print(f"{len(empty)} image(s) got no segment scoring above --threshold {args.threshold} (e.g. {empty[0]}): "
+              "lower --threshold to see weaker ones" +
+              ("; the toy preset's model knows only the toy shapes world (its colours, shapes and textures at "
+               "96 px), not photographs" if params.preset == "toy" else ""))
     return result
 
 

@@ -115,8 +115,8 @@ def read_image(path: str | Path) -> np.ndarray:
     except Image.DecompressionBombError as exc:
         raise _bomb_error(path, exc) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot decode image {path} ({exc}); the file is truncated or corrupt: "
-                           "re-download or re-prepare the dataset") from None
+        raise DatasetError(f"cannot decode image {path} ({exc}): the file is truncated, corrupt or not an image "
+                           "(a dataset's file: re-download or re-prepare the dataset)") from None
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:

@@ -100,7 +100,7 @@ def test_corrupt_image_is_error_or_counted_skip(toy_root, tmp_path):
     path = root / "toy/images/val/val_000000.png"
     path.write_bytes(path.read_bytes()[:60])
     ds = BenchmarkDataset(get_benchmark("toy_val"), root)
-    with pytest.raises(DatasetError, match="val_000000.png.*truncated or corrupt"):
+    with pytest.raises(DatasetError, match="val_000000.png.*truncated, corrupt or not an image"):
         ds[0]
     stats = Counter()
     got = list(iter_samples(ds, stats=stats))

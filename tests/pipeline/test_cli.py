@@ -76,16 +76,43 @@ def test_predict_with_a_packaged_vocabulary_and_a_glob(tiny_backbones, toy_root,
 @pytest.mark.parametrize("argv, message", [
     (["nope/*.png", "--classes", "a"], "matches no image"),
     (["missing.png", "--classes", "a"], "not found"),
-    (["{img}", "--classes", "a", "--vocab", "ade20k_150"], "exactly one of"),
-    (["{img}", "--vocab", "nope"], "no such packaged vocabulary"),
+    (["{img}", "--classes", "a", "--vocab", "ade20k_150"], "not both"),
+    (["{img}", "--vocab", "nope"], "no such packaged vocabulary or file"),
     (["{img}", "--classes", "a", "--threshold", "1.5"], "--threshold"),
+    (["{img}"], "give the classes to look for"),
+    (["{img}", "--classes", " , , "], "holds no class name"),
+    (["{img}", "--stuff", "sky"], "give --classes too"),
+    (["{img}", "--classes", "red circle, , blue square, Red Circle"],
+     "'Red Circle' is given twice: --classes entry 1 ('red circle') and --classes entry 3"),
+    (["{img}", "--classes", "red circle, sky", "--stuff", "grass, sky"],
+     "--classes entry 2 ('sky') and --stuff entry 2"),
+    (["{img}", "--classes", "@missing.txt"], "cannot read missing.txt"),
+    (["{notimage}", "--classes", "a"], "is not an image Pillow can read"),
+    (["{img}", "--classes", "a", "--out", "{notimage}/sub"], "is a file"),
 ])
 def test_predict_bad_arguments_fail_with_one_clear_line(argv, message, toy_root, tmp_path, monkeypatch, capsys):
+    """Each fails before any model is built, and leaves no output folder behind."""
     monkeypatch.chdir(tmp_path)
     img = str(sorted((toy_root / "toy/images/open").glob("*.png"))[0])
+    (tmp_path / "notimage.png").write_text("not a picture")
     with pytest.raises(SystemExit):
-        main(["predict", *[a.replace("{img}", img) for a in argv], "--params", str(REPO / "params.yaml")])
+        main(["predict", *[a.replace("{img}", img).replace("{notimage}", "notimage.png") for a in argv],
+              "--params", str(REPO / "params.yaml")])
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "predictions").exists()
+
+
+def test_predict_class_lists_from_newlines_and_files(tmp_path):
+    from pipeline.predict import resolve_vocabulary
+
+    listing = tmp_path / "classes.txt"
+    listing.write_text("# my classes\nred circle\n\nblue square\n  \n")
+    stuff = tmp_path / "stuff.txt"
+    stuff.write_text("sky\ngrass\n")
+    vocab = resolve_vocabulary(f"@{listing}", f"@{stuff}", None)
+    assert vocab.names == ["red circle", "blue square", "sky", "grass"]
+    assert [c.isthing for c in vocab.classes] == [True, True, False, False]
+    assert resolve_vocabulary("red circle\nblue square, sky", None, None).names == ["red circle", "blue square", "sky"]
 
 
 def test_predict_without_checkpoint_says_what_to_do(tiny_backbones, toy_root, tmp_path, monkeypatch, capsys):
@@ -200,3 +227,14 @@ def test_help_and_argument_errors_answer_without_importing_torch(args):
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
     if "--threshold" in args:
         assert "must be in [0, 1], got 2" in out.stderr
+
+
+def test_predict_says_why_an_image_got_no_segment(tiny_backbones, toy_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image = next((toy_root / "toy/images/open").glob("*.png"))
+    main(["predict", str(image), "--classes", "red circle", "--params", str(REPO / "params.yaml"), "--backbones",
+          str(tiny_backbones), "--zero-shot", "--device", "cpu", "--threshold", "1.0", "--out", "out", "--quiet"])
+    printed = capsys.readouterr().out
+    assert "1 image(s), 0 segments" in printed
+    assert "lower --threshold" in printed and "toy shapes world" in printed
+    assert (tmp_path / "out" / f"{image.stem}_semantic.png").is_file()
