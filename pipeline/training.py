@@ -214,6 +214,22 @@ def resume_identity(identity: dict) -> dict:
     return out
 
 
+def with_defaults(identity: dict) -> dict:
+    """A checkpoint's identity with the params keys it predates filled in at their defaults: a key added to
+    the code later (at a default that keeps the old behaviour) does not block resuming."""
+    from pipeline.config import ClipParams, ModelParams, TrainParams
+
+    def merge(base: dict, over: dict) -> dict:
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in over.items()}}
+
+    out = dict(identity)
+    for key, cls in (("model", ModelParams), ("clip", ClipParams), ("train", TrainParams)):
+        if isinstance(out.get(key), dict):
+            out[key] = merge(to_dict(cls()), out[key])
+    return out
+
+
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     keys = []
     for k in sorted(set(a) | set(b)):
@@ -281,9 +297,19 @@ class TrainingRecipe:
             self._resume(ckpt)
 
     def _resume(self, ckpt: dict) -> None:
-        want, have = resume_identity(self.identity), resume_identity(ckpt.get("identity") or {})
+        """Continue from ``ckpt``. One with other settings is refused while unfinished (it may be wanted), and
+        set aside when finished (nothing is left to resume: changed params start a new run, as dvc expects)."""
+        want, have = resume_identity(self.identity), resume_identity(with_defaults(ckpt.get("identity") or {}))
         if want != have:
             diff = _differences(have, want) or ["(checkpoint written by another version: no identity)"]
+            total = (ckpt.get("identity") or {}).get("train", {}).get("iterations")
+            if total is not None and int(ckpt["step"]) >= int(total):
+                aside = self.ckpt_path.with_name(f"{self.ckpt_path.name}.finished-{time.strftime('%Y%m%d-%H%M%S')}")
+                if self.rank == 0:
+                    os.replace(self.ckpt_path, aside)
+                log.warning("%s holds a finished run with other settings (%s); set aside as %s, training starts "
+                            "over", self.ckpt_path, "; ".join(diff[:6]), aside.name)
+                return
             raise CheckpointError(
                 f"{self.ckpt_path} was trained with other settings ({'; '.join(diff[:6])}); it is kept as is. "
                 "Restore those settings to resume it, or move/delete it to train from scratch")

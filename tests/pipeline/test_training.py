@@ -101,16 +101,47 @@ def test_extending_iterations_continues_with_the_new_schedule(base_model, toy_ro
     assert r["history"][4]["lr"] / r["history"][1]["lr"] == pytest.approx((1 - 3 / 4) ** 0.9)
 
 
-def test_a_result_changing_key_refuses_to_resume_and_keeps_the_checkpoint(base_model, toy_root, tmp_path):
-    _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2)
+def test_a_result_changing_key_refuses_to_resume_an_unfinished_run_and_keeps_it(base_model, toy_root, tmp_path):
+    def kill(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=4, on_step=kill)
     ckpt = tmp_path / "last.pt"
     before = ckpt.read_bytes()
     with pytest.raises(CheckpointError, match=r"train\.lr: 0\.001 -> 0\.002.*kept as is") as exc:
-        _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2, lr=2e-3)
+        _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=4, lr=2e-3)
     assert isinstance(exc.value, FovsegError)
     with pytest.raises(CheckpointError, match="past train.iterations"):
         _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=1)
     assert ckpt.read_bytes() == before
+
+
+def test_a_finished_run_with_other_settings_is_set_aside_and_training_starts_over(base_model, toy_root, tmp_path,
+                                                                                   caplog):
+    """After a finished training, changing a param and re-running (`dvc repro`, the checkpoint folder persists)
+    trains anew; the old checkpoint is kept beside it, never resumed."""
+    _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2)
+    before = (tmp_path / "last.pt").read_bytes()
+    fresh = _run(copy.deepcopy(base_model), toy_root, tmp_path / "fresh", iterations=2, lr=2e-3)
+    with caplog.at_level("WARNING"):
+        r = _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2, lr=2e-3)
+    assert r["resumed_from"] == 0 and [h["loss"] for h in r["history"]] == [h["loss"] for h in fresh["history"]]
+    aside = list(tmp_path.glob("last.pt.finished-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == before
+    assert "train.lr: 0.001 -> 0.002" in caplog.text and "training starts over" in caplog.text
+
+
+def test_params_keys_newer_than_the_checkpoint_resume_at_their_defaults(base_model, toy_root, tmp_path):
+    from pipeline.training import resume_identity, with_defaults
+
+    _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    old = {**ckpt["identity"], "train": {k: v for k, v in ckpt["identity"]["train"].items() if k != "data_fraction"}}
+    assert resume_identity(with_defaults(old)) == resume_identity(ckpt["identity"])
+    changed = {**old, "train": {**old["train"], "lr": 0.5}}
+    assert resume_identity(with_defaults(changed)) != resume_identity(ckpt["identity"])
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(base_model, toy_root, tmp_path):
