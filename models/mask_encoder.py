@@ -346,15 +346,18 @@ class MaskCLIPVisual(nn.Module):
         Without autograd (inference) results are cached for the last :data:`KV_CACHE_VOCABULARIES`
         vocabularies: a later call with equal targets and unchanged TeVA weights reuses them, so a
         benchmark's vocabulary is projected once, not once per image, and a few vocabularies used in turn
-        (two benchmarks, an application switching vocabularies) do not evict each other. (Weights created
+        (two benchmarks, an application switching vocabularies) do not evict each other. Entries are kept per
+        autocast state (a bf16 projection is never handed to an fp32 call, nor the reverse). (Weights created
         under ``torch.inference_mode`` have no version counter: in-place edits to those are not detected;
         pass ``refresh=True`` after such an edit.)"""
         modules = self._teva_modules()
         batched = targets if targets.dim() == 3 else targets[None]
         if torch.is_grad_enabled():
             return {id(t): t.keys_values(batched) for t in modules}
-        versions = tuple(_version(p) for t in modules for p in t.parameters())
-        fresh = [entry for entry in self._kv_cache if entry[1] == versions]  # changed weights: all stale
+        kind = targets.device.type
+        autocast = (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)) if kind != "meta" else None
+        versions = (autocast, *(_version(p) for t in modules for p in t.parameters()))
+        fresh = [entry for entry in self._kv_cache if entry[1] == versions]  # changed weights or precision: stale
         index = next((i for i, e in enumerate(fresh) if _same_targets(e[0], targets)), None)
         hit = fresh.pop(index) if index is not None else None  # entries are distinct: at most one matches
         if hit is None or refresh:

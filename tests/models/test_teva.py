@@ -191,3 +191,21 @@ def test_cache_works_for_a_model_built_in_inference_mode(tiny_clip):
         model.prepare_vocabulary(text)
         c = model(images, masks, text)["logits"]
     assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_cache_keeps_autocast_and_full_precision_projections_apart(tiny_clip):
+    """A vocabulary projected under bf16 autocast is not reused by a full-precision call (a dtype error, or
+    silently rounded keys), nor the reverse."""
+    clip, _ = tiny_clip
+    images, masks, text = _inputs(1)
+    model = _teva_model(clip)
+    with torch.no_grad():
+        full = model(images, masks, text)["logits"]
+        model.visual.clear_vocabulary_cache()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(images, masks, text)["logits"]  # the cache now holds bf16 keys/values
+        after_half = model(images, masks, text)["logits"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half_again = model(images, masks, text)["logits"]
+    assert torch.isfinite(half).all() and not torch.equal(half.float(), full)
+    assert torch.equal(after_half, full) and torch.equal(half_again, half)
