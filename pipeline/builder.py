@@ -2,7 +2,9 @@
 
 - :func:`build_classifier`: CLIP -> FOV-Seg with the trainable selection applied, optionally loaded from a
   training checkpoint, with a :meth:`ReadyClassifier.text_embeddings` bound to the text-embedding cache;
-- :func:`build_generator`: the frozen Mask2Former proposal generator;
+- :func:`build_generator`: the frozen Mask2Former proposal generator (defined in
+  :mod:`pipeline.generator_builder`, apart from the classifier's code, so that the stages that only need
+  proposals do not depend on it: a change to TeVA or FiSeR does not re-run the backbone or proposal stages);
 - :func:`classify_image`: class probabilities of one image's masks (evaluate, benchmark, predict).
 
 The text-embedding cache is content-addressed (model, weights, synonyms, templates) and lives outside the
@@ -23,18 +25,16 @@ import torch
 
 from models.classifier import FOVSeg
 from models.clip_backbone import build_clip
-from models.generators import Mask2FormerGenerator, build_mask2former
 from models.mask_encoder import TevaConfig
 from models.text_cache import TextEmbeddingCache, clip_text_encoder, differentiable_text_embeddings
 from models.trainable import select_trainable
+from pipeline.backbone_files import TOY_CLIP_FILE, TOY_GENERATOR_DIR  # noqa: F401 (re-exported)
 from pipeline.checkpoints import load_checkpoint
-from pipeline.config import ClipParams, GeneratorParams, ModelParams, ProposalsParams
+from pipeline.config import ClipParams, ModelParams
 from pipeline.data.transforms import eval_resize_shape
 from pipeline.data.vocab import Vocabulary
 from pipeline.errors import CheckpointError, WeightsUnavailableError
-
-TOY_CLIP_FILE = "clip.pt"  # in the backbones stage's output folder
-TOY_GENERATOR_DIR = "mask2former"
+from pipeline.generator_builder import build_generator, generator_name  # noqa: F401 (re-exported)
 
 
 def text_cache_dir() -> Path:
@@ -175,25 +175,3 @@ def classify_image(ready: ReadyClassifier, image: np.ndarray, masks: np.ndarray 
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
     logits = model(x, masks_t[None].to(device), text.to(device), size=ready.input_size(h, w, *size))["logits"][0]
     return logits.float().softmax(-1).cpu()
-
-
-# ----------------------------------------------------------------------------- generator
-def generator_name(generator_params: GeneratorParams, backbones_dir: str | Path) -> str:
-    """Hub id / local directory (``source: hub``) or the backbones stage's pre-trained toy Mask2Former."""
-    if generator_params.source == "hub":
-        return generator_params.name
-    return str(Path(backbones_dir) / TOY_GENERATOR_DIR)
-
-
-def build_generator(generator_params: GeneratorParams, proposal_params: ProposalsParams, backbones_dir: str | Path,
-                    device: torch.device | str, override: str = "") -> Mask2FormerGenerator:
-    """The frozen class-agnostic Mask2Former proposal generator, fed an aspect-preserving resize (short side
-    ``proposals.short_side``, long side at most ``proposals.max_side``). ``override``: a saved Mask2Former
-    folder to use instead (e.g. the generator tuned by a ``model.tune_generator`` run)."""
-    name = override or generator_name(generator_params, backbones_dir)
-    if (override or generator_params.source != "hub") and not Path(name).is_dir():
-        raise WeightsUnavailableError(f"Mask2Former folder {name} not found; run `dvc repro backbones` first "
-                                      "(or pass an existing folder)")
-    return Mask2FormerGenerator(build_mask2former(name), proposal_params.short_side, proposal_params.max_proposals,
-                                proposal_params.mask_threshold, proposal_params.min_area, device,
-                                max_size=proposal_params.max_side)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from models.clip_backbone import build_clip
 from models.generators import build_mask2former
+from pipeline.backbone_files import TOY_CLIP_FILE, TOY_GENERATOR_DIR
 from pipeline.backbones import pretrain_toy_backbones
-from pipeline.builder import TOY_CLIP_FILE, TOY_GENERATOR_DIR
 from pipeline.config import Params, to_dict
 from pipeline.data.registry import dataset_root
 from pipeline.runtime import pick_device, write_metrics

@@ -7,11 +7,11 @@ from collections import Counter
 from tqdm import tqdm
 
 from models.generators import Mask2FormerGenerator
-from pipeline.builder import build_generator, generator_name
 from pipeline.config import Params
 from pipeline.data.loaders import BenchmarkDataset, iter_samples
 from pipeline.data.proposal_store import ProposalWriter
 from pipeline.data.registry import dataset_root, get_benchmark
+from pipeline.generator_builder import build_generator, generator_name
 from pipeline.runtime import pick_device, write_metrics
 from stages.common import parser, run, tracker
 

@@ -3,7 +3,8 @@
 - every project module a stage imports (its import closure, lazy imports included) and every packaged data
   file those modules read is covered by the stage's deps;
 - every path a stage command passes is a declared dep or output, and the stage's parser has no default for it;
-- `dvc status` in a temporary git repo: a training knob touches train/evaluate/benchmark only.
+- `dvc status` in a temporary git repo: a training knob, or a change to the classifier's code, touches
+  train/evaluate/benchmark only (never the backbones or proposals).
 """
 import ast
 import importlib
@@ -151,6 +152,14 @@ def test_training_knob_reruns_only_downstream_stages(tmp_path):
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "benchmark", "attention", "report", *sweeps, *(f"evaluate@{b}" for b in benches)}, ran
     assert not {"download", "backbones", "proposals-train"} & ran and not any(s.startswith("proposals@") for s in ran)
+
+    # a change to the classifier's code (here FiSeR) re-runs training, never the backbones or proposals
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    with open(tmp_path / "models" / "fiser.py", "a") as fh:
+        fh.write("\n# edited\n")
+    changed = set(json.loads(_run(DVC + ["status", "--json"], tmp_path)))
+    assert "train" in changed and not {"download", "backbones", "proposals-train"} & changed, changed
+    assert not any(s.startswith("proposals@") for s in changed), changed
 
 
 def test_paper_preset_plan_on_a_fresh_clone(tmp_path):
