@@ -65,11 +65,16 @@ class ReadyClassifier:
     templates: tuple[str, ...]
     device: torch.device
     cache_dir: Path = field(default_factory=text_cache_dir)
+    synonyms: bool = True  # model.synonyms: every synonym, or only the class name
+
+    def class_texts(self, vocab: Vocabulary) -> list[tuple[str, ...]]:
+        """What each class is prompted with: its synonyms, or only its name."""
+        return [tuple(c.synonyms) if self.synonyms and c.synonyms else (c.name,) for c in vocab.classes]
 
     def text_embeddings(self, vocab: Vocabulary) -> torch.Tensor:
         """Cached (C, E) normalised class embeddings of ``vocab`` (templates x synonyms), on ``device``."""
         encode = clip_text_encoder(self.model.clip, self.tokenizer, self.device)
-        synonyms = [c.synonyms for c in vocab.classes]
+        synonyms = self.class_texts(vocab)
         emb = TextEmbeddingCache(self.cache_dir).get(self.model_id, self.weights_id, synonyms, self.templates, encode)
         return emb.to(self.device)
 
@@ -79,7 +84,7 @@ class ReadyClassifier:
         if not differentiable:
             cached = self.text_embeddings(vocab)
             return lambda: cached
-        synonyms = [c.synonyms for c in vocab.classes]
+        synonyms = self.class_texts(vocab)
 
         def encode() -> torch.Tensor:
             return differentiable_text_embeddings(
@@ -160,7 +165,7 @@ def build_classifier(clip_params: ClipParams, model_params: ModelParams, backbon
         if model_params.tune_text:  # the text tower changed: embeddings must be recomputed
             weights_id = f"{weights_id}+{file_digest(checkpoint)}"
     return ReadyClassifier(model.to(device), tokenizer, weights_id, clip_params.model, tuple(model_params.templates),
-                           device)
+                           device, synonyms=model_params.synonyms)
 
 
 @torch.inference_mode()

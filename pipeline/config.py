@@ -203,6 +203,7 @@ class ModelParams:
     tune_text: bool = False
     tune_generator: bool = False  # Table IV(b): train the mask generator online (pipeline/generator_training.py)
     templates: tuple[str, ...] = ("a photo of a {}.", "a {} on the ground.", "there is a {} in the scene.")
+    synonyms: bool = True  # every synonym of a class (averaged) | only its name (the paper: "category names")
 
     def validate(self, key: str) -> None:
         from models.trainable import SELECTIONS, parse_selection
@@ -239,6 +240,7 @@ class TrainParams:
     backbone_lr_mult: float = 1.0
     warmup_iters: int = 20
     schedule: Literal["poly", "cosine", "constant"] = "poly"
+    clip_grad_norm: float = 0.0  # > 0: clip the L2 norm of all gradients together (MaskCLIP: 0.01); 0 = off
     lsj_min_scale: float = 0.5
     lsj_max_scale: float = 1.5
     crop_size: int = 96
@@ -260,6 +262,7 @@ class TrainParams:
         _check(0 < self.lr < 1, f"{key}.lr", "must be in (0, 1)")
         _check(0 <= self.weight_decay < 1, f"{key}.weight_decay", "must be in [0, 1)")
         _check(0 <= self.backbone_lr_mult <= 10, f"{key}.backbone_lr_mult", "must be in [0, 10]")
+        _check(self.clip_grad_norm >= 0, f"{key}.clip_grad_norm", "must be >= 0 (0 = no clipping)")
         _check(0 <= self.warmup_iters <= self.iterations, f"{key}.warmup_iters",
                f"must be in [0, iterations ({self.iterations})]: a warmup longer than training never reaches the lr")
         _check(self.schedule in ("poly", "cosine", "constant"), f"{key}.schedule", "must be poly, cosine or constant")

@@ -357,6 +357,10 @@ class TrainingRecipe:
         self.scaler.scale(loss).backward()
         if self.generator_tuner is not None:  # [tune-generator hook 3/4] outside the classifier's DDP
             self.generator_tuner.all_reduce_gradients()
+        if self.cfg.clip_grad_norm > 0:  # MaskCLIP / detectron2 "full_model" clipping: one L2 norm over all
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           self.cfg.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

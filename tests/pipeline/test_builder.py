@@ -1,5 +1,6 @@
 """The one builder: a ready classifier from params (+ checkpoint), its cached text embeddings, classify_image."""
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,3 +71,30 @@ def test_clip_weights_id_follows_a_local_weights_file_content(tmp_path):
     weights.write_bytes(b"other weights")
     assert clip_weights_id(ClipParams(model="ViT-B-16", pretrained=str(weights)), tmp_path) != first
     assert clip_weights_id(ClipParams(model="ViT-B-16", pretrained="openai"), tmp_path) == "openai"
+
+
+def test_synonyms_off_prompts_with_the_class_name_only():
+    """model.synonyms: false (the paper preset: "the text inputs consist of the category names")."""
+    from pipeline.builder import ReadyClassifier
+    from pipeline.data.vocab import ClassInfo, Vocabulary
+
+    vocab = Vocabulary("v", (ClassInfo(0, "person", True, ("person", "people", "human")),
+                             ClassInfo(1, "sky", False, ("sky",))))
+    both = ReadyClassifier(None, None, "w", "m", ("{}",), torch.device("cpu"))
+    names = ReadyClassifier(None, None, "w", "m", ("{}",), torch.device("cpu"), synonyms=False)
+    assert both.class_texts(vocab) == [("person", "people", "human"), ("sky",)]
+    assert names.class_texts(vocab) == [("person",), ("sky",)]
+
+
+def test_paper_presets_follow_maskclip_where_the_paper_defers_to_it():
+    """Sec. V-C: category names as text, and "all hyperparameters follow those used in MaskCLIP": constant
+    LR without warmup ramp, full-model gradient clipping at 0.01, panoptic thresholds 0.5 / 0.5."""
+    from pipeline.config import load_params
+
+    for preset in ("paper", "paper_coco_stuff"):
+        p = load_params(Path(__file__).resolve().parents[2] / "pipeline" / "presets" / f"{preset}.yaml")
+        assert p.model.templates == ("{}",) and p.model.synonyms is False
+        assert (p.train.schedule, p.train.warmup_iters, p.train.clip_grad_norm) == ("constant", 0, 0.01)
+        assert (p.evaluate.object_threshold, p.evaluate.overlap_threshold) == (0.5, 0.5)
+        assert (p.train.lr, p.train.weight_decay, p.train.backbone_lr_mult) == (1e-4, 0.05, 0.1)
+        assert (p.train.iterations, p.train.batch_size, p.train.crop_size) == (25000, 16, 1024)

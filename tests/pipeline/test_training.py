@@ -154,3 +154,22 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(base_mod
     kept = torch.load(tmp_path / "last.pt", weights_only=True)
     assert kept["step"] == good["step"] == 2
     assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_clip_grad_norm_bounds_the_norm_of_all_gradients_together(base_model, toy_root, tmp_path, monkeypatch):
+    """train.clip_grad_norm (MaskCLIP's full-model L2 clipping): every optimiser step sees a total gradient
+    norm at most the limit; 0 leaves gradients alone."""
+    norms: list[float] = []
+    original = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    _run(copy.deepcopy(base_model), toy_root, tmp_path / "clipped", iterations=3, clip_grad_norm=1e-3)
+    clipped, norms[:] = list(norms), []
+    _run(copy.deepcopy(base_model), toy_root, tmp_path / "free", iterations=3)
+    assert len(clipped) == 3 and max(clipped) <= 1e-3 * (1 + 1e-4)
+    assert min(norms) > 1e-2  # unclipped gradients are far larger: the limit did act
