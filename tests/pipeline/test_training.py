@@ -173,3 +173,15 @@ def test_clip_grad_norm_bounds_the_norm_of_all_gradients_together(base_model, to
     _run(copy.deepcopy(base_model), toy_root, tmp_path / "free", iterations=3)
     assert len(clipped) == 3 and max(clipped) <= 1e-3 * (1 + 1e-4)
     assert min(norms) > 1e-2  # unclipped gradients are far larger: the limit did act
+
+
+def test_gpu_hours_count_the_training_processes_not_the_visible_gpus(monkeypatch):
+    """One training process on a machine with 8 visible GPUs used 1 GPU: gpu_hours = hours x processes."""
+    from pipeline import training
+
+    result = {"history": [], "train_seconds": 7200.0, "it_per_s": 1.0, "iterations": 10, "resumed_from": 0}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert training.summary_metrics(result, {}, torch.device("cuda", 0))["gpu_hours"] == pytest.approx(2.0)
+    monkeypatch.setattr(training, "_world", lambda: (0, 4))
+    assert training.summary_metrics(result, {}, torch.device("cuda", 0))["gpu_hours"] == pytest.approx(8.0)
+    assert training.summary_metrics(result, {}, torch.device("cpu"))["gpu_hours"] == 0.0
