@@ -91,9 +91,13 @@ def vocabulary_logits(pred: torch.Tensor, text_embeds: torch.Tensor, scale: torc
     return scale * F.normalize(pred, dim=-1) @ F.normalize(text_embeds, dim=-1).t()
 
 
-def vocabulary_targets(class_sets: list[list[int]], keep: list[int], masked_index: torch.Tensor) -> torch.Tensor:
-    """The masked label's vocabulary index for each kept image."""
-    return torch.tensor([class_sets[i][int(masked_index[i])] for i in keep], dtype=torch.long)
+def vocabulary_loss(pred: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor,
+                    class_sets: list[list[int]], keep: list[int], masked_index: torch.Tensor) -> torch.Tensor:
+    """Eq. 6 over the whole vocabulary: the target is the masked label's vocabulary index (``candidates:
+    vocabulary``)."""
+    logits = vocabulary_logits(pred, text_embeds, scale)
+    targets = torch.tensor([class_sets[i][int(masked_index[i])] for i in keep], dtype=torch.long)
+    return F.cross_entropy(logits, targets.to(logits.device))
 
 
 def fiser_loss(predictor: FiserPredictor, text_embeds: torch.Tensor, class_sets: list[list[int]],
@@ -112,8 +116,7 @@ def fiser_loss(predictor: FiserPredictor, text_embeds: torch.Tensor, class_sets:
     if candidates == "vocabulary":
         keep = has.nonzero().flatten().tolist()
         pred = predictor(class_embeds[has], valid[has], masked_index[has], image_tokens[has], embed_only=True)
-        logits = vocabulary_logits(pred, text_embeds, predictor.logit_scale.exp())
-        return F.cross_entropy(logits, vocabulary_targets(class_sets, keep, masked_index).to(logits.device))
+        return vocabulary_loss(pred, text_embeds, predictor.logit_scale.exp(), class_sets, keep, masked_index)
     logits = predictor(class_embeds[has], valid[has], masked_index[has], image_tokens[has])
     return F.cross_entropy(logits, masked_index[has])
 
@@ -289,8 +292,7 @@ def fiser_text_loss(predictor: FiserTextPredictor, clip: nn.Module, text_embeds:
     if candidates == "vocabulary":
         pred = predictor(clip, class_embeds[has], valid[has], [class_sets[i] for i in keep],
                          masked_index[has].cpu(), image_tokens[has], embed_only=True)
-        logits = vocabulary_logits(pred, text_embeds, predictor.logit_scale.exp())
-        return F.cross_entropy(logits, vocabulary_targets(class_sets, keep, masked_index).to(logits.device))
+        return vocabulary_loss(pred, text_embeds, predictor.logit_scale.exp(), class_sets, keep, masked_index)
     logits = predictor(clip, class_embeds[has], valid[has], [class_sets[i] for i in keep],
                        masked_index[has].cpu(), image_tokens[has])
     return F.cross_entropy(logits, masked_index[has].to(logits.device))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from importlib import resources
 from pathlib import Path
+
+from pipeline.data.vocab import packaged_vocabularies  # light: json and importlib only
 
 
 def unit_interval(text: str) -> float:
@@ -38,10 +39,6 @@ def writable_dir(text: str) -> str:
                                          "another folder") from None
     return text
 
-
-def packaged_vocabularies() -> list[str]:
-    """Names of the vocabularies shipped in ``pipeline/vocab/``."""
-    return sorted(p.name[:-5] for p in (resources.files("pipeline") / "vocab").iterdir() if p.name.endswith(".json"))
 
 
 CLASS_LIST_HELP = ("class names separated by commas or newlines, or @FILE (one name per line, # comments); "

@@ -24,9 +24,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline.builder import ReadyClassifier, build_classifier, build_generator, classify_image
-from pipeline.cli_args import packaged_vocabularies
 from pipeline.data.formats import atomic_path, bbox_of, read_image, write_json, write_panoptic_png
-from pipeline.data.vocab import Vocabulary, load_packaged_vocabulary, vocabulary_from_names
+from pipeline.data.vocab import Vocabulary, load_vocabulary, packaged_vocabularies, vocabulary_from_names
 from pipeline.errors import CheckpointError, FovsegError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -87,20 +86,13 @@ def check_unique(named: list[tuple[str, str, int]]) -> None:
 def resolve_vocabulary(classes: str | None, stuff: str | None, vocab: str | None) -> Vocabulary:
     """``--vocab NAME|FILE.json`` (a packaged or JSON vocabulary, thing/stuff flags included) or ``--classes``
     (+ ``--stuff``)."""
-    from pipeline.data.vocab import load_vocabulary_file
-
     if classes is not None and vocab is not None:
         raise PredictError("give either --classes or --vocab, not both")
     if stuff and classes is None:
         raise PredictError("--stuff adds amorphous classes to --classes; give --classes too (a --vocab carries its "
                            "own thing/stuff flags)")
     if vocab is not None:
-        if vocab in packaged_vocabularies():
-            return load_packaged_vocabulary(vocab)
-        if Path(vocab).is_file():
-            return load_vocabulary_file(vocab)
-        raise PredictError(f"--vocab {vocab}: no such packaged vocabulary or file; choose from "
-                           f"{', '.join(packaged_vocabularies())}, or give a vocabulary JSON file")
+        return load_vocabulary(vocab)
     if classes is None:
         raise PredictError("give the classes to look for: --classes \"a, b\" (or @FILE) or --vocab NAME (packaged: "
                            f"{', '.join(packaged_vocabularies())})")

@@ -189,15 +189,10 @@ def semantic_tasks(gt_folder: Path, pred_folder: Path) -> list[tuple[Path, Path]
     return [(g, preds[g.stem]) for g in gts]
 
 
-def load_vocab(spec: str):
-    from pipeline.data.vocab import load_packaged_vocabulary, load_vocabulary_file
-
-    return load_vocabulary_file(spec) if spec.endswith(".json") or Path(spec).is_file() \
-        else load_packaged_vocabulary(spec)
-
-
 def evaluate_semantic(gt_folder: Path, pred_folder: Path, vocab_spec: str, ignore: int | None, workers: int) -> dict:
-    vocab = load_vocab(vocab_spec)
+    from pipeline.data.vocab import load_vocabulary
+
+    vocab = load_vocabulary(vocab_spec)
     n = len(vocab)
     ignore = (255 if n <= 255 else 65535) if ignore is None else ignore
     tasks = semantic_tasks(gt_folder, pred_folder)

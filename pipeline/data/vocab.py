@@ -88,6 +88,22 @@ def load_packaged_vocabulary(file_stem: str) -> Vocabulary:
     return vocabulary_from_records(file_stem, json.loads(path.read_text()))
 
 
+def packaged_vocabularies() -> list[str]:
+    """Names of the vocabularies shipped in ``pipeline/vocab/``."""
+    return sorted(p.name[:-5] for p in (resources.files("pipeline") / "vocab").iterdir() if p.name.endswith(".json"))
+
+
+def load_vocabulary(spec: str) -> Vocabulary:
+    """A packaged vocabulary by name, or a vocabulary JSON file by path (``fovseg predict/attention/evaluate
+    --vocab``); anything else is an error listing the packaged names."""
+    if spec.endswith(".json") or Path(spec).is_file():
+        return load_vocabulary_file(spec)
+    if spec in packaged_vocabularies():
+        return load_packaged_vocabulary(spec)
+    raise VocabularyError(f"--vocab {spec}: no such packaged vocabulary or file; choose from "
+                          f"{', '.join(packaged_vocabularies())}, or give a vocabulary JSON file")
+
+
 def load_vocabulary_file(path: str | Path) -> Vocabulary:
     """A vocabulary from a JSON file in the packaged format (a list of {id, name, isthing, ...} records)."""
     path = Path(path)
