@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from models.generators import oracle_proposals
-from models.inference import oracle_class_probs, panoptic_inference, semantic_inference
+from models.inference import merge_proposals, oracle_class_probs
 from pipeline.builder import ReadyClassifier, build_classifier, classify_image
 from pipeline.config import ClipParams, DataParams, EvaluateParams, ModelParams
 from pipeline.data.formats import bbox_of, write_json, write_label_map, write_panoptic_png
@@ -79,6 +79,8 @@ class GroundTruthProposals:
 
 
 class ClassifierSource(Protocol):
+    device: torch.device  # where the proposals are merged (the classifier's device)
+
     def __call__(self, sample: Sample, masks: np.ndarray) -> torch.Tensor:
         """(Q,C) class probabilities of the sample's masks."""
 
@@ -89,6 +91,7 @@ class ModelClassifier:
     def __init__(self, ready: ReadyClassifier, vocab: Vocabulary, short_side: int, max_side: int):
         self.ready, self.size = ready, (short_side, max_side)
         self.text = ready.text_embeddings(vocab)
+        self.device = ready.device
 
     def __call__(self, sample: Sample, masks: np.ndarray) -> torch.Tensor:
         return classify_image(self.ready, sample.image, masks, self.text, self.size)
@@ -99,6 +102,7 @@ class OracleClassifier:
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
+        self.device = torch.device("cpu")
 
     def __call__(self, sample: Sample, masks: np.ndarray) -> torch.Tensor:
         gt_masks, gt_labels = ground_truth_regions(sample)
@@ -243,12 +247,10 @@ def inference_on_dataset(ds: BenchmarkDataset, proposals: ProposalSource, classi
         t0 = time.perf_counter()
         probs = classify(s, masks)
         seconds = time.perf_counter() - t0
-        mask_probs, obj = torch.from_numpy(masks).float(), torch.from_numpy(scores)
-        semantic = semantic_inference(probs, mask_probs, obj, void_label=ds.bench.ignore_label).numpy()
-        id_map, segs = None, None
-        if panoptic:
-            id_t, segs = panoptic_inference(probs, mask_probs, obj, is_thing, object_threshold, overlap_threshold)
-            id_map = id_t.numpy()
+        semantic_t, id_t, segs = merge_proposals(probs, torch.from_numpy(masks), torch.from_numpy(scores),
+                                                 is_thing if panoptic else None, object_threshold, overlap_threshold,
+                                                 void_label=ds.bench.ignore_label, device=classify.device)
+        semantic, id_map = semantic_t.numpy(), id_t.numpy() if panoptic else None
         pred = Prediction(semantic, id_map, segs, seconds)
         for ev in evaluators:
             ev.process(s, pred)

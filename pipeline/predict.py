@@ -229,7 +229,7 @@ class Segmenter:
     overlap_threshold: float
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, list[dict], np.ndarray, int]:
-        from models.inference import panoptic_inference, semantic_inference
+        from models.inference import merge_proposals
 
         with torch.inference_mode():
             props = self.generator([image])[0]
@@ -238,10 +238,9 @@ class Segmenter:
             if len(masks) == 0:
                 return np.zeros((h, w), np.int32), [], np.full((h, w), -1, np.int64), 0
             probs = classify_image(self.ready, image, masks, self.text, self.size)
-            obj = torch.from_numpy(props.scores)
-            id_map, segs = panoptic_inference(probs, masks.float(), obj, self.is_thing, self.object_threshold,
-                                              self.overlap_threshold)
-            semantic = semantic_inference(probs, masks.float(), obj)
+            semantic, id_map, segs = merge_proposals(probs, masks, torch.from_numpy(props.scores), self.is_thing,
+                                                     self.object_threshold, self.overlap_threshold,
+                                                     device=self.ready.device)
         return id_map.numpy(), segs, semantic.numpy(), len(props.masks)
 
 

@@ -12,8 +12,8 @@ Options: ``--precision bf16`` (autocast; fp32 default), ``--compile`` (torch.com
 mask tokens and TeVA's text attention (models/mask_encoder.py); on CUDA PyTorch picks the kernel: flash
 for image tokens and TeVA (no mask), memory-efficient for mask tokens (flash takes no additive mask bias).
 Per image: generator forward -> top-Q masks by objectness at the image's
-resolution (kept on the device) -> classifier -> Mask2Former panoptic + semantic merging (the
-pipeline's merging runs on CPU, so masks and probabilities are copied back, as ``fovseg predict`` does).
+resolution (kept on the device) -> classifier -> Mask2Former panoptic + semantic merging on the same device
+(``models.inference.merge_proposals``, as ``fovseg predict`` and evaluation do), results copied to the CPU.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from torch import nn
 from models.classifier import FOVSeg
 from models.clip_backbone import build_clip
 from models.generators import IMAGENET_MEAN, IMAGENET_STD, build_mask2former
-from models.inference import panoptic_inference, semantic_inference
+from models.inference import merge_proposals
 from models.mask_encoder import TevaConfig
 
 PAPER_TABLE_II = {150: {"fps": 2.63, "memory_gb": 10.2}, 847: {"fps": 2.42}}
@@ -119,9 +119,8 @@ class EndToEnd:
                                      size=(self.clip_size, self.clip_size))["logits"][0]
             probs = logits.float().softmax(-1)
         t2 = self._sync()
-        probs_c, masks_c, obj_c = probs.cpu(), masks.float().cpu(), obj[order].float().cpu()
-        id_map, segments = panoptic_inference(probs_c, masks_c, obj_c, self.is_thing, 0.5, 0.8)
-        semantic = semantic_inference(probs_c, masks_c, obj_c)
+        semantic, id_map, segments = merge_proposals(probs, masks, obj[order], self.is_thing, 0.5, 0.8,
+                                                     device=self.device)  # on the device, as the pipeline does
         t3 = time.perf_counter()
         self.last_parts = {"generator_s": t1 - t0, "classifier_s": t2 - t1, "merging_s": t3 - t2}
         return id_map, segments, semantic

@@ -45,3 +45,17 @@ def test_cuda_peak_memory_is_measured(cuda):
         x = torch.empty(64, 2**20, device=cuda)  # 256 MiB
         del x
     assert mem["peak_mb"] >= 256
+
+
+def test_merging_on_cuda_equals_the_cpu(cuda):
+    """Evaluation and predict merge proposals on the classifier's device: same maps and segments as the CPU."""
+    from models.inference import merge_proposals
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(40, 150, generator=g).softmax(-1)
+    masks, obj = torch.rand(40, 96, 128, generator=g) > 0.7, torch.rand(40, generator=g) + 0.5
+    is_thing = torch.arange(150) % 3 != 0
+    on_cpu = merge_proposals(probs, masks, obj, is_thing, 0.0, 0.5, void_label=255)
+    on_gpu = merge_proposals(probs, masks, obj, is_thing, 0.0, 0.5, void_label=255, device=cuda)
+    assert on_gpu[0].device.type == "cpu" and (on_cpu[0] == on_gpu[0]).float().mean() > 0.999
+    assert torch.equal(on_cpu[1], on_gpu[1]) and on_cpu[2] == on_gpu[2]
