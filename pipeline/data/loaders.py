@@ -139,17 +139,30 @@ class BenchmarkDataset:
             segments = self._segments(ann, id_map, png)
             if id_map.shape != image.shape[:2]:
                 raise DatasetError(f"{png}: size {id_map.shape} differs from its image {image.shape[:2]}")
-            sem = semantic_from_panoptic(id_map, segments, ignore)
+            if self.bench.semantic_source == "labels":
+                sem = self._label_map(file_name, image.shape[:2])
+            else:
+                sem = semantic_from_panoptic(id_map, segments, ignore)
             return Sample(str(ann["image_id"]), file_name, image, id_map, segments, sem, ignore)
+        labels = self._label_map(file_name, image.shape[:2])
+        return Sample(Path(file_name).stem, file_name, image, semantic=labels, ignore_label=ignore)
+
+    def _label_map(self, file_name: str, shape: tuple[int, int]) -> np.ndarray:
+        """The image's label map in ``semantic_dir``: contiguous labels or the ignore label, its size."""
         label_path = self.root / self.bench.semantic_dir / (Path(file_name).stem + self.bench.semantic_ext)
+        if not label_path.is_file():
+            raise DatasetError(f"missing label map {label_path} ({self.bench.name} reads its mIoU ground truth "
+                               f"from {self.bench.semantic_dir}); fetch or prepare it with "
+                               f"`{self.bench.fetch_command}`")
         labels = read_label_map(label_path)
-        if labels.shape != image.shape[:2]:
-            raise DatasetError(f"{label_path}: size {labels.shape} differs from its image {image.shape[:2]}")
+        if labels.shape != shape:
+            raise DatasetError(f"{label_path}: size {labels.shape} differs from its image {shape}")
+        ignore = self.bench.ignore_label
         bad = (labels != ignore) & ((labels < 0) | (labels >= len(self.vocab)))
         if bad.any():
             raise DatasetError(f"{label_path}: labels {sorted(set(labels[bad].tolist()))[:5]} are outside the "
                                f"{len(self.vocab)}-class vocabulary and not the ignore label {ignore}")
-        return Sample(Path(file_name).stem, file_name, image, semantic=labels, ignore_label=ignore)
+        return labels
 
     def _segments(self, ann: dict, id_map: np.ndarray, png: Path) -> list[Segment]:
         segments = []

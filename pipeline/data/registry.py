@@ -29,6 +29,10 @@ class Benchmark:
     panoptic_dir: str | None = None
     semantic_dir: str | None = None
     semantic_ext: str = ".png"
+    # where a panoptic benchmark's mIoU ground truth comes from: its panoptic PNGs, or the label maps in
+    # semantic_dir (what detectron2's SemSegEvaluator reads via sem_seg_file_name for ADE-150 and Mapillary:
+    # annotations that differ from the panoptic ones where the panoptic conversion left pixels void)
+    semantic_source: Literal["panoptic", "labels"] = "panoptic"
     image_ext: str = ".jpg"
     ignore_label: int = 255
 
@@ -67,7 +71,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("ade20k_150", "panoptic", "ade20k_150", "ade20k", "ADEChallengeData2016/images/validation",
               panoptic_json="ADEChallengeData2016/ade20k_panoptic_val.json",
               panoptic_dir="ADEChallengeData2016/ade20k_panoptic_val",
-              semantic_dir="ADEChallengeData2016/annotations_detectron2/validation"),
+              semantic_dir="ADEChallengeData2016/annotations_detectron2/validation", semantic_source="labels"),
     Benchmark("ade20k_847", "semantic", "ade20k_847", "ade20k_full", "ADE20K_2021_17_01/images_detectron2/validation",
               semantic_dir="ADE20K_2021_17_01/annotations_detectron2/validation", semantic_ext=".tif",
               ignore_label=65535),
@@ -79,7 +83,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               "mapillary_vistas/validation/images",
               panoptic_json="mapillary_vistas/validation/panoptic/panoptic_2018.json",
               panoptic_dir="mapillary_vistas/validation/panoptic",
-              semantic_dir="mapillary_vistas/validation/labels", ignore_label=65),
+              semantic_dir="mapillary_vistas/validation/labels", ignore_label=65, semantic_source="labels"),
     _toy("toy_train", "train", "toy_seen", "panoptic"),
     _toy("toy_val", "val", "toy_seen", "panoptic"),
     _toy("toy_open", "open", "toy_open", "panoptic"),

@@ -130,3 +130,26 @@ def test_image_with_zero_segments_is_yielded_and_counted(toy_root, tmp_path):
     stats = Counter()
     samples = list(iter_samples(BenchmarkDataset(get_benchmark("toy_val"), root), stats=stats))
     assert stats["empty"] == 1 and samples[0].segments == [] and (samples[0].semantic == 255).all()
+
+
+def test_panoptic_benchmark_with_label_maps_reads_its_miou_ground_truth_from_them(toy_root, tmp_path):
+    """ADE-150 and Mapillary: detectron2 scores mIoU against the label maps (sem_seg_file_name), which differ
+    from the panoptic PNGs where the panoptic conversion left pixels void."""
+    import dataclasses
+
+    from PIL import Image
+
+    assert {n for n, b in BENCHMARKS.items() if b.semantic_source == "labels"} == {"ade20k_150", "mapillary_vistas"}
+    root = _copy_toy(toy_root, tmp_path)
+    bench = dataclasses.replace(get_benchmark("toy_val"), semantic_source="labels")
+    from_panoptic = BenchmarkDataset(get_benchmark("toy_val"), root)[0]
+    label_path = root / bench.semantic_dir / (from_panoptic.file_name.rsplit(".", 1)[0] + ".png")
+    labels = from_panoptic.semantic.copy()
+    labels[:, :5] = 3  # the label map says class 3 where the panoptic PNG says otherwise
+    Image.fromarray(labels.astype(np.uint8)).save(label_path)
+    sample = BenchmarkDataset(bench, root)[0]
+    assert np.array_equal(sample.semantic, labels) and not np.array_equal(sample.semantic, from_panoptic.semantic)
+    assert np.array_equal(sample.id_map, from_panoptic.id_map)  # PQ still reads the panoptic PNG
+    label_path.unlink()
+    with pytest.raises(DatasetError, match=f"missing label map .*{label_path.name}.*stages.download --datasets toy"):
+        BenchmarkDataset(bench, root)[0]
