@@ -50,7 +50,7 @@ from pipeline.config import (
     TrainParams,
     to_dict,
 )
-from pipeline.data.loaders import BenchmarkDataset
+from pipeline.data.loaders import BenchmarkDataset, Sample
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
 from pipeline.data.semantic import with_class_segments
@@ -62,6 +62,11 @@ log = logging.getLogger(__name__)
 
 # train keys that do not change the trained weights: a checkpoint resumes across changes to them
 RESUME_NEUTRAL_KEYS = ("iterations", "checkpoint_every", "log_every", "num_workers")
+
+# Decoded training samples (image, panoptic map, proposals) kept in memory, per loading process: the toy's
+# whole training split (about 100 MiB) stays decoded after its first epoch, a third of a toy step's data
+# loading; a paper-scale split fills the budget with its first images and is read from disk as before.
+SAMPLE_CACHE_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -76,7 +81,8 @@ class TrainSet:
     """Images of the training benchmark with their cached proposals (and/or gt masks), augmented by LSJ."""
 
     def __init__(self, ds: BenchmarkDataset, store: ProposalStore | None, crop_size: int, min_scale: float,
-                 max_scale: float, mask_source: str, assign_iou: float, max_masks: int, data_fraction: float = 1.0):
+                 max_scale: float, mask_source: str, assign_iou: float, max_masks: int, data_fraction: float = 1.0,
+                 cache_bytes: int = SAMPLE_CACHE_BYTES):
         if mask_source in ("proposals", "both") and store is None:
             raise ValueError(f"mask_source={mask_source!r} needs a proposal store")
         self.ds, self.store, self.mask_source = ds, store, mask_source
@@ -84,16 +90,29 @@ class TrainSet:
         self.transform = lsj_transform(crop_size, min_scale, max_scale)
         self.ids = ds.image_ids()
         self.subset = training_subset(len(ds), data_fraction)
+        self.cache_bytes, self._cached_bytes = cache_bytes, 0
+        self._cache: dict[int, tuple[Sample, np.ndarray | None]] = {}
 
     def __len__(self) -> int:
         return len(self.subset)
 
+    def decoded(self, index: int) -> tuple[Sample, np.ndarray | None]:
+        """The sample (a segment per class on semantic-only data) and its stored proposal masks, from the
+        in-memory cache while it has room (read-only: ``load`` copies before augmenting)."""
+        hit = self._cache.get(index)
+        if hit is not None:
+            return hit
+        s = with_class_segments(self.ds[self.subset[index]], self.ds.vocab)
+        props = self.store[s.image_id][0] if self.mask_source in ("proposals", "both") else None
+        size = sum(a.nbytes for a in (s.image, s.id_map, s.semantic, props) if a is not None)
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[index] = (s, props)
+            self._cached_bytes += size
+        return s, props
+
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        s = with_class_segments(self.ds[self.subset[index]], self.ds.vocab)  # semantic-only: a segment per class
-        parts = []
-        if self.mask_source in ("proposals", "both"):
-            props, _ = self.store[s.image_id]
-            parts.append(props)
+        s, props = self.decoded(index)
+        parts = [props] if props is not None else []
         if self.mask_source in ("gt", "both"):
             parts.append(s.segment_masks()[0])
         masks = np.concatenate(parts) if parts else np.zeros((0, *s.image.shape[:2]), bool)

@@ -185,3 +185,42 @@ def test_gpu_hours_count_the_training_processes_not_the_visible_gpus(monkeypatch
     monkeypatch.setattr(training, "_world", lambda: (0, 4))
     assert training.summary_metrics(result, {}, torch.device("cuda", 0))["gpu_hours"] == pytest.approx(8.0)
     assert training.summary_metrics(result, {}, torch.device("cpu"))["gpu_hours"] == 0.0
+
+
+def test_sample_cache_gives_the_same_batches_and_keeps_to_its_budget(toy_root, tmp_path):
+    """Decoded samples and proposals are kept in memory across epochs: loads equal uncached loads (same
+    augmentation seeds), the cached arrays are not modified by augmenting them, the byte budget holds."""
+    import numpy as np
+
+    from pipeline.data.proposal_store import ProposalStore, ProposalWriter
+
+    ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
+    with ProposalWriter(tmp_path / "props") as w:  # the ground-truth segments stand in for a generator's masks
+        for i in range(len(ds)):
+            s = ds[i]
+            masks = s.segment_masks()[0]
+            w.add(s.image_id, masks, np.ones(len(masks), np.float32))
+    store = ProposalStore(tmp_path / "props")
+
+    def loads(ts, rounds=2):
+        out = []
+        for r in range(rounds):
+            for i in range(len(ts)):
+                torch.manual_seed(100 * r + i)
+                out.append(ts.load(i))
+        return out
+
+    cached = TrainSet(ds, store, 64, 0.5, 1.5, "both", 0.5, 12)
+    uncached = TrainSet(ds, store, 64, 0.5, 1.5, "both", 0.5, 12, cache_bytes=0)
+    for a, b in zip(loads(cached), loads(uncached)):
+        assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3])) and a[3] == b[3]
+    assert len(cached._cache) == len(ds) and not uncached._cache
+    for i, (s, props) in cached._cache.items():  # untouched by two epochs of augmentation
+        fresh = ds[cached.subset[i]]
+        assert np.array_equal(s.image, fresh.image) and np.array_equal(s.id_map, fresh.id_map)
+        assert np.array_equal(props, store[fresh.image_id][0])
+    s0, p0 = cached.decoded(0)
+    one = s0.image.nbytes + s0.id_map.nbytes + s0.semantic.nbytes + p0.nbytes
+    small = TrainSet(ds, store, 64, 0.5, 1.5, "both", 0.5, 12, cache_bytes=3 * one)
+    loads(small, rounds=1)
+    assert 0 < len(small._cache) < len(ds) and small._cached_bytes <= 3 * one
