@@ -227,11 +227,16 @@ def table2_this_run(bench: dict | None, evals: dict[str, dict]) -> list[Any]:
             a150.get("PQ"), a150.get("mIoU")]
 
 
-def table2(bench: dict | None, evals: dict[str, dict]) -> Table:
+def table2(bench: dict | None, evals: dict[str, dict], panoptic_trained: bool = True, train_benchmark: str = ""
+           ) -> Table:
+    """Table II; a run not trained on COCO-Panoptic keeps its cost and speed cells but not the A-150 PQ/mIoU
+    ones (the paper's are after COCO-Panoptic training; such a run's accuracy is in Table III)."""
     spec = paper_tables()["table2_efficiency"]
     keys = spec["columns"]
     rows: list[list[str] | None] = _peer_block(spec["rows"], len(keys))
     ours = table2_this_run(bench, evals)
+    if not panoptic_trained:
+        ours[-2:] = [None, None]
     rows += [None, ["this run", *[fmt(v) for v in ours]],
              ["Δ this run − FOV-Seg (paper)", *[fmt(delta(a, b), signed=True)
                                                 for a, b in zip(ours, spec["rows"][PAPER_ROW])]]]
@@ -244,6 +249,9 @@ def table2(bench: dict | None, evals: dict[str, dict]) -> Table:
                 "metrics/benchmark.json is missing: run `dvc repro benchmark`.")
     notes = [f"Peers and FOV-Seg (paper): the paper's Table II. {spec['note']}", "This run: " + this_run,
              "A-847/A-150 cells are n/a unless those benchmarks were measured (toy analogues: inference table)."]
+    if not panoptic_trained:
+        notes.append(f"This run trained on {train_benchmark}, not COCO-Panoptic: its A-150 PQ/mIoU cells are left "
+                     "out (see Table III for its accuracy); the cost and speed cells compare as they are.")
     return Table("table2", "Table II: training cost, trainable parameters, inference speed and memory",
                  ["method", *[TABLE2_TITLES[k] for k in keys]], rows, notes)
 
@@ -497,7 +505,7 @@ def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str, expe
     bench = _read(metrics_dir / "benchmark.json")
     stuff_trained = train_benchmark.startswith("coco_stuff")
     real = {n: m for n, m in evals.items() if not n.startswith("toy_")}
-    tables = [table1(real, not stuff_trained, train_benchmark), table2(bench, real),
+    tables = [table1(real, not stuff_trained, train_benchmark), table2(bench, real, not stuff_trained, train_benchmark),
               table3(real, stuff_trained, train_benchmark)]
     tables += [table4(grid, s) for grid, s in sweeps.items()]
     status = status_table(evals, expected or [])

@@ -85,6 +85,10 @@ def test_paper_tables_hold_every_peer_and_this_run_with_deltas(metrics, tmp_path
     assert result["missing"] == ["mapillary_vistas"]
     assert "| toy_val | evaluated | 10 | 2 |" in index  # skipped images shown
     assert "inconsistent" in (out / "fig2.md").read_text() and "| 28.4 | 31.9 |" in (out / "fig2.md").read_text()
+    build_report(metrics, out, "paper", expected=["ade20k_150"], train_benchmark="coco_stuff_train")
+    t2 = (out / "table2.md").read_text()  # a COCO-Stuff run: no A-150 accuracy beside the panoptic-trained rows
+    assert "| this run | 40.0 | 25.0 | 25.3 | 2.0 | 12.5 | 2.0 | 12.0 | n/a | n/a |" in t2
+    assert "trained on coco_stuff_train, not COCO-Panoptic" in t2
 
 
 def test_toy_unseen_and_semantic_pq_are_na(metrics, tmp_path):
