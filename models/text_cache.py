@@ -25,7 +25,7 @@ def cache_key(model_id: str, weights_id: str, synonyms: Sequence[Sequence[str]],
 @torch.no_grad()
 def compute_text_embeddings(encode: Callable[[list[str]], torch.Tensor], synonyms: Sequence[Sequence[str]],
                             templates: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """(C, E) normalised class embeddings; ``encode`` maps prompts to (N, E) embeddings."""
+    """(C, E) normalised class embeddings, on ``encode``'s device; ``encode`` maps prompts to (N, E) embeddings."""
     prompts, owner = [], []
     for c, syns in enumerate(synonyms):
         for s in syns:
@@ -34,9 +34,9 @@ def compute_text_embeddings(encode: Callable[[list[str]], torch.Tensor], synonym
                 owner.append(c)
     chunks = [F.normalize(encode(prompts[i:i + batch_size]).float(), dim=-1)
               for i in range(0, len(prompts), batch_size)]
-    emb = torch.cat(chunks)
-    owner_t = torch.tensor(owner)
-    out = torch.zeros(len(synonyms), emb.shape[-1]).index_add_(0, owner_t, emb)
+    emb = torch.cat(chunks)  # on the encoder's device (the GPU in the paper preset)
+    owner_t = torch.tensor(owner, device=emb.device)
+    out = torch.zeros(len(synonyms), emb.shape[-1], device=emb.device).index_add_(0, owner_t, emb)
     return F.normalize(out, dim=-1)
 
 
@@ -61,7 +61,7 @@ class TextEmbeddingCache:
         path = self.directory / f"{key}.pt"
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
-        emb = compute_text_embeddings(encode, synonyms, templates)
+        emb = compute_text_embeddings(encode, synonyms, templates).cpu()  # as a cache hit returns it
         self.directory.mkdir(parents=True, exist_ok=True)
         # a unique temp name per writer: two processes computing the same key never write the same file
         fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.directory)

@@ -59,3 +59,42 @@ def test_merging_on_cuda_equals_the_cpu(cuda):
     on_gpu = merge_proposals(probs, masks, obj, is_thing, 0.0, 0.5, void_label=255, device=cuda)
     assert on_gpu[0].device.type == "cpu" and (on_cpu[0] == on_gpu[0]).float().mean() > 0.999
     assert torch.equal(on_cpu[1], on_gpu[1]) and on_cpu[2] == on_gpu[2]
+
+
+def test_evaluation_on_cuda_matches_the_cpu(cuda, toy_root, tmp_path):
+    """The evaluation loop with the classifier (and so the merging) on CUDA predicts what the CPU run does."""
+    import copy
+
+    import numpy as np
+
+    from models.classifier import FOVSeg
+    from models.clip_backbone import build_clip
+    from models.mask_encoder import TevaConfig
+    from pipeline.builder import ReadyClassifier
+    from pipeline.data.loaders import BenchmarkDataset
+    from pipeline.data.registry import get_benchmark
+    from pipeline.evaluation import DatasetEvaluator, GroundTruthProposals, ModelClassifier, inference_on_dataset
+
+    class Keep(DatasetEvaluator):
+        def __init__(self):
+            self.maps = []
+
+        def process(self, sample, prediction):
+            self.maps.append((prediction.semantic, prediction.id_map, len(prediction.segments)))
+
+    torch.manual_seed(0)
+    clip, tokenizer = build_clip("fovseg-tiny", allow_random=True)
+    model = FOVSeg(clip, TevaConfig(True, True), adapter_layers=2, fiser_layers=1).eval()
+    ds = BenchmarkDataset(get_benchmark("toy_val"), toy_root)
+    kept = {}
+    for device in (torch.device("cpu"), cuda):
+        ready = ReadyClassifier(copy.deepcopy(model).to(device), tokenizer, "random", "fovseg-tiny",
+                                ("a photo of a {}.",), device, cache_dir=tmp_path / device.type)
+        kept[device.type] = Keep()
+        inference_on_dataset(ds, GroundTruthProposals(), ModelClassifier(ready, ds.vocab, 64, 64), [kept[device.type]],
+                             object_threshold=0.0, overlap_threshold=0.5)
+    cpu, gpu = kept["cpu"].maps, kept["cuda"].maps
+    assert len(cpu) == len(gpu) == len(ds)
+    agree = np.mean([(a[0] == b[0]).mean() for a, b in zip(cpu, gpu)])
+    same_segments = np.mean([a[2] == b[2] and (a[1] == b[1]).mean() > 0.99 for a, b in zip(cpu, gpu)])
+    assert agree > 0.99 and same_segments >= 0.8, (agree, same_segments)
