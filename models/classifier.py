@@ -135,7 +135,11 @@ class FOVSeg(nn.Module):
         Returns ``logits`` (B,Q,C) = scale * cosine, normalised ``mask_embeds`` and ``patch_embeds``."""
         x = self.preprocess(images, size)
         patch = self.visual.patch_size
-        m = fit_masks(masks.float(), (x.shape[-2] // patch * MASK_CELLS, x.shape[-1] // patch * MASK_CELLS))
+        # binary masks pool exactly in half precision: on a GPU that halves the temporary of full-size masks
+        # (16 x 100 x 1024 x 1024 at the paper's training crop: 3.4 instead of 6.7 GB)
+        pool_dtype = torch.float16 if masks.dtype == torch.bool and masks.is_cuda else torch.float32
+        m = fit_masks(masks.to(pool_dtype), (x.shape[-2] // patch * MASK_CELLS,
+                                             x.shape[-1] // patch * MASK_CELLS)).float()
         targets, target_pad = text_embeds, None
         if class_sets is not None and self.teva_train_targets == "image":
             targets, valid = pad_class_sets(text_embeds, class_sets)

@@ -99,7 +99,7 @@ def oracle_class_probs(pred_masks: torch.Tensor, gt_masks: torch.Tensor, gt_labe
                        num_classes: int) -> torch.Tensor:
     """Oracle classifier (Fig. 2a): each predicted mask gets its best-IoU ground-truth label (one-hot);
     masks overlapping no ground truth get a uniform distribution, i.e. a low score."""
-    probs = torch.full((pred_masks.shape[0], num_classes), 1.0 / num_classes)
+    probs = torch.full((pred_masks.shape[0], num_classes), 1.0 / num_classes, device=pred_masks.device)
     iou = mask_iou(pred_masks.bool(), gt_masks.bool())
     if iou.numel():
         best, idx = iou.max(1)

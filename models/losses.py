@@ -10,7 +10,7 @@ IGNORE = -100
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(P,H,W) x (G,H,W) bool -> (P,G) IoU."""
     if a.shape[0] == 0 or b.shape[0] == 0:
-        return torch.zeros(a.shape[0], b.shape[0])
+        return torch.zeros(a.shape[0], b.shape[0], device=a.device)
     af, bf = a.flatten(1).float(), b.flatten(1).float()
     inter = af @ bf.t()
     union = af.sum(1, keepdim=True) + bf.sum(1)[None] - inter
@@ -25,7 +25,7 @@ def assign_targets(proposals: torch.Tensor, gt_masks: torch.Tensor, gt_labels: t
     classification loss rather than a background label, since the classifier has no void class.)"""
     iou = mask_iou(proposals, gt_masks)
     if iou.numel() == 0:
-        return torch.full((proposals.shape[0],), IGNORE, dtype=torch.long)
+        return torch.full((proposals.shape[0],), IGNORE, dtype=torch.long, device=proposals.device)
     best, idx = iou.max(1)
     return torch.where(best >= iou_threshold, gt_labels[idx], torch.full_like(idx, IGNORE))
 

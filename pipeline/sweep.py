@@ -420,6 +420,10 @@ def run_sweep(grid_name: str, params: Params, opts: SweepOptions) -> dict:
                for row in grid.rows if row.blocked for seed in seeds]
     for b in blocked:
         log.warning("%s", b["error"])
+    if params.train.gpus > 1:  # trials do not relaunch under torchrun
+        log.warning("train.gpus = %d is for the train stage: each sweep trial trains in one process on "
+                    "sweep.gpus_per_trial = %s GPU(s) with the same global train.batch_size = %d",
+                    params.train.gpus, params.sweep.gpus_per_trial, params.train.batch_size)
     # trial folders are per experiment, so a changed configuration never meets another one's checkpoints
     name = f"{grid.name}-{params.preset}-{grid.fingerprint(seeds, params, git_commit())}"
     trials_root = opts.out / name

@@ -6,7 +6,9 @@ and on SIGTERM/SIGINT, exact resume, NaN guard. :func:`run_training` is what the
 Determinism: the batch of step ``s`` (which images, their augmentation) is drawn in the data loader from an
 RNG seeded by (seed, s), and the model's own draws (FiSeR's masked class) from another seeded by (seed, s), so
 the weights do not depend on ``train.num_workers`` and a run killed and resumed reaches the same weights as
-one that was not.
+one that was not (bitwise on CPU; on CUDA some backward kernels, e.g. adaptive max pooling and attention, use
+atomics and differ in the last bits from run to run). Under DDP each rank draws its images' augmentation from
+its own stream (rank 0's is the single-process one).
 
 Resume: a checkpoint is resumed when everything that changes the result matches (model, CLIP weights,
 proposals, seed and every ``train`` key except ``iterations``, ``checkpoint_every``, ``log_every`` and
@@ -186,9 +188,11 @@ def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, backbon
             for (bb, flat), ps in groups.items()]
 
 
-def data_seed(seed: int, step: int) -> int:
-    """Seed of step ``step``'s augmentation draws."""
-    return seed * 1_000_003 + step
+def data_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed of step ``step``'s augmentation draws on DDP rank ``rank`` (rank 0: the single-process stream;
+    the other ranks load other images and must not repeat its scale/crop/flip draws)."""
+    base = seed * 1_000_003 + step
+    return base if rank == 0 else (base * 7919 + rank) % 2**63
 
 
 def model_seed(seed: int, step: int) -> int:
@@ -216,7 +220,7 @@ class StepBatches(torch.utils.data.Dataset):
         idx = batch_indices(step, self.batch_size, len(self.train_set), self.seed)
         idx = idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(data_seed(self.seed, step))
+            torch.manual_seed(data_seed(self.seed, step, self.rank))
             return collate([self.train_set.load(i) for i in idx])
 
 
@@ -273,7 +277,16 @@ def _world() -> tuple[int, int]:
 def init_distributed(device: torch.device) -> None:
     """Join the torchrun process group when launched with WORLD_SIZE > 1."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # bind this rank's GPU: NCCL and current-device queries use it, not cuda:0
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+
+
+def close_distributed() -> None:
+    """Leave the process group (torchrun workers), if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class TrainingRecipe:
@@ -309,11 +322,23 @@ class TrainingRecipe:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg.schedule, cfg.warmup_iters, cfg.iterations))
         self.use_amp = cfg.amp and self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        # bf16 where the GPU has it natively (Ampere+); fp16 with loss scaling on older GPUs (V100, T4), where
+        # torch would otherwise report emulated bf16 as supported
+        native_bf16 = self.use_amp and torch.cuda.is_bf16_supported(including_emulation=False)
+        self.amp_dtype = torch.bfloat16 if native_bf16 else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-        ckpt = load_or_set_aside(self.ckpt_path)  # a damaged last.pt is renamed aside with a warning, never blocks
+        ckpt = self._load_resume_checkpoint()
         if ckpt is not None:
             self._resume(ckpt)
+
+    def _load_resume_checkpoint(self) -> dict | None:
+        """``last.pt`` if sound; a damaged one is renamed aside with a warning and never blocks. Under DDP rank 0
+        checks (and sets aside) first and the other ranks load after it, so they never race to rename it."""
+        if self.world == 1:
+            return load_or_set_aside(self.ckpt_path)
+        ckpt = load_or_set_aside(self.ckpt_path) if self.rank == 0 else None
+        dist.barrier()
+        return ckpt if self.rank == 0 else load_or_set_aside(self.ckpt_path)
 
     def _resume(self, ckpt: dict) -> None:
         """Continue from ``ckpt``. One with other settings is refused while unfinished (it may be wanted), and
@@ -340,7 +365,8 @@ class TrainingRecipe:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])  # lr_lambdas are not in the state: the new total holds
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("scaler"):  # empty when written without fp16 loss scaling (CPU, bf16)
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.start, self.history = step, list(ckpt["history"])
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
         self.schedule_changed_at = ckpt.get("schedule_changed_at")

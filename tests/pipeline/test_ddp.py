@@ -44,9 +44,31 @@ def _worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -> No
     gathered = [torch.zeros_like(q) for _ in range(world)]
     dist.all_gather(gathered, q)
     assert torch.equal(gathered[0], gathered[1]), "replicas diverged: gradients were not all-reduced"
+
+    def fresh_recipe():
+        r = TrainingRecipe(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 8), lambda: emb, cfg, seed=0,
+                           device=torch.device("cpu"), checkpoint_dir=Path(out_dir))
+        r.setup()
+        return r
+
+    assert fresh_recipe().start == 2  # every rank resumes the finished checkpoint
+    dist.barrier()
+    if rank == 0:
+        (Path(out_dir) / "last.pt").write_bytes(b"not a checkpoint")
+    dist.barrier()
+    assert fresh_recipe().start == 0  # rank 0 sets the damaged file aside, the others then find none
+    dist.barrier()
+    assert len(list(Path(out_dir).glob("last.pt.corrupt-*"))) == 1
     dist.destroy_process_group()
 
 
 def test_two_process_ddp_keeps_replicas_in_sync(toy_root, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(toy_root), str(tmp_path)), nprocs=2, join=True)
-    assert (tmp_path / "last.pt").is_file()
+    assert not (tmp_path / "last.pt").exists() and len(list(tmp_path.glob("last.pt.corrupt-*"))) == 1
+
+
+def test_each_rank_draws_its_own_augmentation_and_rank_0_keeps_the_single_process_stream():
+    from pipeline.training import data_seed
+
+    assert data_seed(3, 17) == data_seed(3, 17, rank=0) == 3 * 1_000_003 + 17
+    assert len({data_seed(3, 17, rank=r) for r in range(8)}) == 8
