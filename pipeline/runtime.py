@@ -44,8 +44,20 @@ def pick_device(choice: str = "auto") -> torch.device:
             logging.getLogger("fovseg").warning("device: auto found no CUDA device: running on CPU "
                                                 "(set device: cpu to make this explicit)")
     if choice == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda", local_rank_gpu(int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()))
     return torch.device(choice)
+
+
+def local_rank_gpu(local_rank: int, visible: int) -> int:
+    """The GPU index of a torchrun worker: its local rank when every GPU of the node is visible (``torchrun
+    --standalone``), 0 when a scheduler binds one GPU per task (CUDA_VISIBLE_DEVICES of one device)."""
+    if visible == 1:
+        return 0
+    if local_rank < visible:
+        return local_rank
+    raise DeviceUnavailableError(f"LOCAL_RANK {local_rank} but only {visible} GPUs are visible to this process: set "
+                                 "train.gpus to at most the GPUs of one node, or give each worker one GPU "
+                                 "(CUDA_VISIBLE_DEVICES)")
 
 
 def seed_everything(seed: int) -> None:

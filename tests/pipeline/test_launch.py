@@ -22,6 +22,24 @@ def test_paper_preset_without_cuda_stops_with_a_clear_message(monkeypatch):
     assert pick_device("cpu").type == "cpu"  # explicitly forced
 
 
+@pytest.mark.parametrize("local_rank,visible,gpu", [(3, 8, 3), (0, 8, 0), (5, 1, 0), (0, 1, 0)])
+def test_torchrun_worker_takes_its_local_rank_or_the_one_gpu_it_is_given(monkeypatch, local_rank, visible, gpu):
+    """torchrun --standalone shows every GPU (worker i takes cuda:i); a scheduler binding one GPU per task
+    shows one (cuda:0), where cuda:LOCAL_RANK did not exist."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    assert pick_device("cuda") == torch.device("cuda", gpu)
+
+
+def test_more_workers_than_visible_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    with pytest.raises(DeviceUnavailableError, match="LOCAL_RANK 5 but only 4 GPUs.*train.gpus"):
+        pick_device("cuda")
+
+
 def test_auto_warns_when_falling_back_to_cpu(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with caplog.at_level(logging.WARNING):
