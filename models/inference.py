@@ -60,8 +60,10 @@ def panoptic_inference(class_probs: torch.Tensor, mask_probs: torch.Tensor, obje
     owned = binary.gather(0, owner[None])[0]  # the pixel's owner covers it: the owner's surviving area
     areas = torch.bincount(owner[owned], minlength=len(scores)).tolist()
     originals = binary.flatten(1).sum(1).tolist()
-    ids = [0] * len(scores)  # segment id per kept proposal (0 = dropped); the pixels of one proposal are disjoint
-    stuff_ids: dict[int, int] = {}  # from every other proposal's, so one lookup paints them all
+    # every pixel has one owner, so the proposals' pixels are disjoint: a segment id per kept proposal (0 =
+    # dropped; stuff proposals of one class share one) and a single lookup paint the id map
+    ids = [0] * len(scores)
+    stuff_ids: dict[int, int] = {}
     for k, (label, score, area, original) in enumerate(zip(labels.tolist(), scores.tolist(), areas, originals)):
         if area == 0 or original == 0 or area / original < overlap_threshold:
             continue
