@@ -8,7 +8,8 @@ the paper's Table II (ADE-150: 2.63 FPS, 10.2 GB; ADE-847: 2.42 FPS).
 
 Options: ``--precision bf16`` (autocast; fp32 default), ``--compile`` (torch.compile of the classifier),
 ``--tiny`` (a tiny CLIP and Mask2Former at 64 px: runs on CPU in seconds; the test uses it),
-``--device cpu|cuda``. Attention is PyTorch's fused ``scaled_dot_product_attention`` for image tokens,
+``--device cpu|cuda``, ``--merge-device cpu`` (merging on the CPU, the pipeline before 2026-11-27).
+Attention is PyTorch's fused ``scaled_dot_product_attention`` for image tokens,
 mask tokens and TeVA's text attention (models/mask_encoder.py); on CUDA PyTorch picks the kernel: flash
 for image tokens and TeVA (no mask), memory-efficient for mask tokens (flash takes no additive mask bias).
 Per image: generator forward -> top-Q masks by objectness at the image's
@@ -80,7 +81,8 @@ class EndToEnd:
     """One image through generator + classifier + merging; ``last_parts`` holds the seconds of each part."""
 
     def __init__(self, generator: nn.Module, classifier: FOVSeg, classes: int, clip_size: int, proposals: int,
-                 device: torch.device, generator_size: int = 0, precision: str = "fp32"):
+                 device: torch.device, generator_size: int = 0, precision: str = "fp32",
+                 merge_device: torch.device | None = None):
         self.generator, self.classifier, self.device = generator, classifier.eval().to(device), device
         self.clip_size, self.proposals = clip_size, proposals
         self.generator_size = generator_size or int(generator.config.backbone_config.image_size)
@@ -89,6 +91,7 @@ class EndToEnd:
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
         self.precision = precision
+        self.merge_device = merge_device or device
         self.last_parts: dict[str, float] = {}
 
     def _autocast(self):
@@ -120,7 +123,7 @@ class EndToEnd:
             probs = logits.float().softmax(-1)
         t2 = self._sync()
         semantic, id_map, segments = merge_proposals(probs, masks, obj[order], self.is_thing, 0.5, 0.8,
-                                                     device=self.device)  # on the device, as the pipeline does
+                                                     device=self.merge_device)  # the pipeline: the device
         t3 = time.perf_counter()
         self.last_parts = {"generator_s": t1 - t0, "classifier_s": t2 - t1, "merging_s": t3 - t2}
         return id_map, segments, semantic
@@ -143,7 +146,8 @@ def _peak_gb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
 
 
-def bench_inference(scale: Scale, device: torch.device, precision: str, compile_model: bool, repeats: int
+def bench_inference(scale: Scale, device: torch.device, precision: str, compile_model: bool, repeats: int,
+                    merge_device: torch.device | None = None
                     ) -> list[dict]:
     generator = build_generator(scale.generator, scale.proposals, device, scale.generator_size)
     classifier = build_classifier(scale, device).eval()
@@ -153,7 +157,7 @@ def bench_inference(scale: Scale, device: torch.device, precision: str, compile_
     rows = []
     for classes in scale.classes:
         e2e = EndToEnd(generator, classifier, classes, scale.clip_size, scale.proposals, device,
-                       scale.generator_size, precision)
+                       scale.generator_size, precision, merge_device)
         e2e(image)  # warm-up (and compilation)
         _peak_reset(device)
         times, parts = [], []
@@ -219,6 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--compile", action="store_true", help="torch.compile the classifier")
+    ap.add_argument("--merge-device", help="where proposals are merged (default: --device, as the pipeline does; "
+                    "cpu: the pipeline before 2026-11-27, masks copied back)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--train-steps", type=int, default=5)
     ap.add_argument("--skip-training", action="store_true")
@@ -236,9 +242,11 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    merge_device = torch.device(args.merge_device) if args.merge_device else device
     result: dict = {"device": name, "precision": args.precision, "compile": args.compile,
                     "scale": "tiny" if args.tiny else "paper", "inference": []}
-    for row in bench_inference(scale, device, args.precision, args.compile, args.repeats):
+    result["merge_device"] = str(merge_device)
+    for row in bench_inference(scale, device, args.precision, args.compile, args.repeats, merge_device):
         result["inference"].append(row)
         paper = PAPER_TABLE_II.get(row["classes"], {}) if not args.tiny else {}
         mem = f", peak {row['peak_memory_gb']:.2f} GB" if row["peak_memory_gb"] is not None else ""

@@ -32,7 +32,7 @@ def test_bench_gpu_tiny_on_cpu(tmp_path):
     assert [r["classes"] for r in out["inference"]] == list(bench_gpu.TINY.classes)
     assert all(r["fps"] > 0 and r["peak_memory_gb"] is None for r in out["inference"])
     assert out["training"]["iterations_per_s"] > 0 and out["training"]["batch"] == bench_gpu.TINY.train_batch
-    assert (tmp_path / "g.json").is_file()
+    assert (tmp_path / "g.json").is_file() and out["merge_device"] == "cpu"
 
 
 @pytest.mark.gpu
@@ -40,3 +40,6 @@ def test_bench_gpu_tiny_on_cpu(tmp_path):
 def test_bench_gpu_tiny_on_cuda_bf16():
     out = bench_gpu.main(["--tiny", "--device", "cuda", "--precision", "bf16", "--repeats", "2", "--train-steps", "2"])
     assert all(r["peak_memory_gb"] > 0 for r in out["inference"]) and out["training"]["peak_memory_gb"] > 0
+    on_cpu = bench_gpu.main(["--tiny", "--device", "cuda", "--merge-device", "cpu", "--repeats", "2",
+                             "--skip-training"])
+    assert on_cpu["merge_device"] == "cpu" and all(r["merging_s"] > 0 for r in on_cpu["inference"])
