@@ -274,6 +274,11 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun group, or the only process: the one that writes results."""
+    return _world()[0] == 0
+
+
 def init_distributed(device: torch.device) -> None:
     """Join the torchrun process group when launched with WORLD_SIZE > 1."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():

@@ -47,9 +47,9 @@ def main(args, params: Params) -> dict:
     end_to_end = {}  # Table II: generator + classifier + merging on raw images, for the two vocabularies
     for name in dict.fromkeys([bp.small_vocab, bp.large_vocab]):
         ds = runs[name][0]
-        segmenter = None  # the previous vocabulary's generator and classifier go before the next are built
         segmenter = build_segmenter(params, ds.vocab, args.backbones, args.checkpoint, ev.object_threshold, device)
         end_to_end[name] = time_end_to_end(segmenter, ds, bp.n_images, device)
+        del segmenter  # freed before the next vocabulary's generator and classifier are built
     metrics.update({"end_to_end": end_to_end, "precision": "fp32",
                     "scope": "end to end (generator + classifier + panoptic merging), text embeddings cached"})
     write_metrics(args.metrics, metrics)

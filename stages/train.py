@@ -2,14 +2,13 @@
 settings that change the result stops the stage with the keys that differ (see pipeline.training)."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from pipeline.config import Params
 from pipeline.launch import relaunch_under_torchrun
 from pipeline.runtime import init_seed_and_device, write_metrics
-from pipeline.training import close_distributed, init_distributed, run_training
+from pipeline.training import close_distributed, init_distributed, is_main_process, run_training
 from stages.common import parser, run, tracker
 
 
@@ -27,7 +26,7 @@ def main(args, params: Params) -> dict:
                                device=device, backbones_dir=args.backbones,
                                proposals_dir=args.proposals, checkpoints_dir=args.checkpoints, out_dir=args.out,
                                curve_path=args.curve, on_metrics=lambda row, step: t.log_metrics(row, step=step))
-        if int(os.environ.get("RANK", "0")) == 0:  # torchrun: the other ranks' loss history is their shard's
+        if is_main_process():  # torchrun: the other ranks' loss history is their own shard's
             write_metrics(args.metrics, metrics)
             t.log_metrics({k: v for k, v in metrics.items() if k != "device"})
             t.log_artifact(args.curve)

@@ -244,8 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     merge_device = torch.device(args.merge_device) if args.merge_device else device
     result: dict = {"device": name, "precision": args.precision, "compile": args.compile,
-                    "scale": "tiny" if args.tiny else "paper", "inference": []}
-    result["merge_device"] = str(merge_device)
+                    "merge_device": str(merge_device), "scale": "tiny" if args.tiny else "paper", "inference": []}
     for row in bench_inference(scale, device, args.precision, args.compile, args.repeats, merge_device):
         result["inference"].append(row)
         paper = PAPER_TABLE_II.get(row["classes"], {}) if not args.tiny else {}
