@@ -319,15 +319,19 @@ class MaskCLIPVisual(nn.Module):
         without an adapter and log(adapter probability, max over the patch) with one, so the adapter
         reweights patches inside the mask only. [CLS] is always visible (bias 0)."""
         b, q = masks.shape[:2]
+        n = grid[0] * grid[1]
         flat = masks.float().reshape(b * q, 1, *masks.shape[-2:])
-        touched = F.adaptive_max_pool2d(flat, grid).reshape(b, q, grid[0] * grid[1]) >= 0.5
-        if self.adapter is not None:
-            soft = self.adapter(masks.float()).reshape(b * q, 1, *masks.shape[-2:])
-            vis = F.adaptive_max_pool2d(soft, grid).reshape(b, q, grid[0] * grid[1])
-            patch_bias = torch.log(vis.clamp_min(1e-4))
-        else:
-            patch_bias = torch.zeros(b, q, grid[0] * grid[1], device=masks.device)
-        patch_bias = patch_bias.masked_fill(~touched, float("-inf"))
+        touched = F.adaptive_max_pool2d(flat, grid).reshape(b, q, n) >= 0.5
+        patch_bias = torch.zeros(b * q, n, device=masks.device)
+        live = touched.reshape(b * q, n).any(1)
+        live = torch.arange(b * q, device=masks.device) if masks.is_meta else live.nonzero()[:, 0]  # meta: FLOPs
+        if self.adapter is not None and len(live):
+            # the adapter sees only masks that touch a patch: an empty mask (batch padding) is -inf everywhere
+            # whatever the adapter says, so leaving it out changes nothing (about a quarter of a toy batch)
+            soft = self.adapter(flat[live].reshape(1, -1, *masks.shape[-2:])).reshape(-1, 1, *masks.shape[-2:])
+            log_vis = torch.log(F.adaptive_max_pool2d(soft, grid).reshape(-1, n).clamp_min(1e-4))
+            patch_bias = patch_bias.to(log_vis.dtype).index_put((live,), log_vis)
+        patch_bias = patch_bias.reshape(b, q, n).masked_fill(~touched, float("-inf"))
         cls_col = torch.zeros(b, q, 1, dtype=patch_bias.dtype, device=patch_bias.device)
         return torch.cat([cls_col, patch_bias], dim=2).unsqueeze(1)
 

@@ -118,18 +118,53 @@ def test_adapter_only_reweights_inside_the_mask(tiny_clip):
     assert (b_soft[~outside] <= 0).all()
 
 
-def test_adapter_channels_last_gives_the_same_output():
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_adapter_depthwise_form_equals_the_dense_convs(layers):
+    """The adapter writes its one-channel convs as depthwise convs: same outputs and weight gradients as the
+    nn.Conv2d stack it holds (and saves), up to float rounding."""
     from models.adapter import DistributionAdapter
 
     torch.manual_seed(0)
-    adapter = DistributionAdapter(2, 16)
+    adapter = DistributionAdapter(layers, 16)
     torch.nn.init.normal_(adapter.net[-1].weight)
     masks = torch.rand(2, 3, 20, 24).round()
-    with torch.no_grad():
-        got = adapter(masks)
-        p = masks.reshape(6, 1, 20, 24).clamp(1e-4, 1 - 1e-4)
-        ref = torch.sigmoid(torch.log(p) - torch.log1p(-p) + adapter.net(p)).reshape(2, 3, 20, 24)
+    got = adapter(masks)
+    got.square().sum().backward()
+    fast = [p.grad.clone() for p in adapter.parameters()]
+    adapter.zero_grad()
+    p = masks.reshape(6, 1, 20, 24).clamp(1e-4, 1 - 1e-4)
+    ref = torch.sigmoid(torch.log(p) - torch.log1p(-p) + adapter.net(p)).reshape(2, 3, 20, 24)
+    ref.square().sum().backward()
     assert torch.allclose(got, ref, atol=1e-6)
+    for g, (name, param) in zip(fast, adapter.named_parameters()):
+        assert torch.allclose(g, param.grad, rtol=1e-4, atol=1e-5), name
+
+
+def test_mask_bias_leaves_empty_masks_out_of_the_adapter(tiny_clip):
+    """Batch padding (empty masks) never reaches the adapter; every mask's bias and the adapter's gradients are
+    what they are when each mask is computed alone."""
+    clip, _ = tiny_clip
+    model = make_fovseg(clip, adapter_layers=2)
+    _randomise_new_modules(model)
+    masks = torch.zeros(2, 4, 32, 32)
+    masks[0, 0, :10, :12] = 1
+    masks[0, 2, 5:30, 3:9] = 1
+    masks[1, 1, 16:, 16:] = 1  # masks[0, 1], [0, 3], [1, 0], [1, 2], [1, 3]: padding
+    seen = []
+    hook = model.visual.adapter.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape))
+    bias = model.visual.mask_bias(masks, (8, 8))
+    hook.remove()
+    assert seen == [torch.Size([1, 3, 32, 32])]
+    assert torch.isneginf(bias[0, 0, 1, 1:]).all() and torch.isneginf(bias[1, 0, 0, 1:]).all()  # [CLS] stays 0
+    bias[torch.isfinite(bias)].sum().backward()
+    grads = [p.grad.clone() for p in model.visual.adapter.parameters()]
+    model.zero_grad()
+    one_by_one = torch.stack([model.visual.mask_bias(masks[i:i + 1, j:j + 1], (8, 8))[0, 0, 0]
+                              for i in range(2) for j in range(4)]).reshape(2, 4, -1)
+    assert torch.allclose(bias[:, 0], one_by_one, atol=1e-6)
+    one_by_one[torch.isfinite(one_by_one)].sum().backward()
+    for g, p in zip(grads, model.visual.adapter.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)
 
 
 def test_image_tokens_do_not_see_mask_tokens(tiny_clip):
