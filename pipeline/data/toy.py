@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -337,7 +340,11 @@ def write_captions(root: Path, n: int, image_size: int, seed: int) -> dict:
 
 def generate_toy_world(root: str | Path, *, seed: int, image_size: int, n_train: int, n_val: int, n_open: int,
                        n_captions: int, caption_size: int, max_things: int) -> dict:
-    """Write the whole toy world under ``root/toy``; returns counts and the wall time."""
+    """Write the whole toy world under ``root/toy``; returns counts and the wall time.
+
+    Every split and the captions draw from their own seeded stream, so with two or more CPUs the captions
+    (half of the work) are rendered in a second process while this one writes the splits: the same files,
+    in about half the time."""
     t0 = time.perf_counter()
     root = Path(root)
     base = root / "toy"
@@ -345,8 +352,14 @@ def generate_toy_world(root: str | Path, *, seed: int, image_size: int, n_train:
         for sub in (f"images/{split}", f"semantic_{split}", f"panoptic_{split}", "annotations"):
             (base / sub).mkdir(parents=True, exist_ok=True)
     sizes = {"train": n_train, "val": n_val, "open": n_open, "open_large": n_open}
-    summary = [write_split(root, s, sizes[s], image_size, max_things, seed) for s in SPLITS]
-    summary.append(write_captions(root, n_captions, caption_size, seed))
+    if (os.cpu_count() or 1) < 2:
+        summary = [write_split(root, s, sizes[s], image_size, max_things, seed) for s in SPLITS]
+        summary.append(write_captions(root, n_captions, caption_size, seed))
+    else:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            captions = pool.submit(write_captions, root, n_captions, caption_size, seed)
+            summary = [write_split(root, s, sizes[s], image_size, max_things, seed) for s in SPLITS]
+            summary.append(captions.result())
     manifest = {"seed": seed, "image_size": image_size, "splits": summary,
                 "unseen_classes": sorted(unseen_class_names())}
     write_json(base / "manifest.json", manifest)
