@@ -315,8 +315,28 @@ def sweep_metrics(sweep: dict, shown: tuple[str, ...] = ("PQ", "mIoU")) -> list[
             and (not benches or k.split("/")[0] in benches)]
 
 
+def per_seed(row: dict, key: str) -> dict[int, float]:
+    """A sweep row's values of ``key`` by seed (empty when the file does not pair them up)."""
+    seeds, values = row.get("seeds") or [], (row.get("values") or {}).get(key) or []
+    return dict(zip(seeds, values)) if len(seeds) == len(values) else {}
+
+
+def paired_delta(row: dict, ref: dict, key: str) -> tuple[float | None, float | None, int]:
+    """(mean, sample std, n) of ``row - ref`` per seed over the seeds both finished: a seed is the same
+    initialisation and batch order in every row and the benchmark the same images, so the seed-to-seed spread
+    that both rows share cancels. Without per-seed values: the difference of the means, no std, n = 0."""
+    a, b = per_seed(row, key), per_seed(ref, key)
+    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    if not diffs:
+        return delta(row.get("mean", {}).get(key), ref.get("mean", {}).get(key)), None, 0
+    mean = sum(diffs) / len(diffs)
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else None
+    return mean, std, len(diffs)
+
+
 def table4(grid: str, sweep: dict) -> Table:
-    """One Table IV part: this run's mean (± std over seeds) per row, delta to the reference row, the paper."""
+    """One Table IV part: this run's mean (± std over seeds) per row, its difference to the reference row
+    (paired by seed: mean ± std of the per-seed differences), the paper's values and difference."""
     key = TABLE4_KEYS.get(sweep.get("paper_table", ""))
     part = paper_tables()["table4_ablations"].get(key, {}) if key else {}
     rows_in = sweep.get("rows", [])
@@ -336,7 +356,8 @@ def table4(grid: str, sweep: dict) -> Table:
         for k in metrics:
             mean, std = r.get("mean", {}).get(k), r.get("std", {}).get(k)
             cells.append(fmt(mean) + (f" ± {fmt(std)}" if _num(std) is not None and r.get("n", 1) > 1 else ""))
-            cells.append(fmt(delta(mean, (ref or {}).get("mean", {}).get(k)), signed=True))
+            d_mean, d_std, _ = paired_delta(r, ref or {}, k)
+            cells.append(fmt(d_mean, signed=True) + (f" ± {fmt(d_std)}" if d_std is not None and r is not ref else ""))
         p = _paper_row(part, r["label"]) or {}
         for k in paper_metrics:
             cells += [fmt(p.get(k)), fmt(delta(p.get(k), (ref_paper or {}).get(k)), signed=True)]
@@ -344,7 +365,9 @@ def table4(grid: str, sweep: dict) -> Table:
         rows.append(cells)
     notes = [f"From metrics/sweeps/{grid}.json: benchmarks {', '.join(sweep.get('benchmarks', []))}, seeds "
              f"{sweep.get('seeds', [])}, {sweep.get('failed_trials', 0)} failed trial(s), "
-             f"{fmt(sweep.get('wall_seconds'))} s. Reference row: {sweep.get('reference_row', NA)}."]
+             f"{fmt(sweep.get('wall_seconds'))} s. Reference row: {sweep.get('reference_row', NA)}. Δ ref: the "
+             "mean ± std over seeds of (row - reference) on the same seed (same initialisation, batches and "
+             "images): the std is how much the difference itself moves from seed to seed."]
     if key:
         notes.append(f"Paper: Table {sweep['paper_table']} ({paper_tables()['table4_ablations']['_note']})")
     title = (f"Table {sweep['paper_table']} analogue: sweep '{grid}'" if sweep.get("paper_table")

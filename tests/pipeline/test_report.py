@@ -115,6 +115,24 @@ def test_table4_and_fig9_from_sweep_files(metrics, tmp_path):
     assert not (tmp_path / "reports.partial").exists()
 
 
+def test_table4_delta_is_paired_by_seed(metrics, tmp_path):
+    """Rows that vary together across seeds: the per-seed difference has a small spread although each row's
+    own std is large; a seed only one row finished is left out of the pairing."""
+    sweep = json.loads((metrics / "sweeps" / "modules.json").read_text())
+    sweep["reference_row"] = "baseline (f_q tuned, frozen generator)"
+    base, both = sweep["rows"]
+    base.update(seeds=[0, 1, 2], n=3, values={"ade20k_150/PQ": [19.0, 23.2, 30.0]},
+                mean={"ade20k_150/PQ": 24.07}, std={"ade20k_150/PQ": 5.56})
+    both.update(seeds=[0, 1], n=2, values={"ade20k_150/PQ": [20.0, 24.0]}, mean={"ade20k_150/PQ": 22.0},
+                std={"ade20k_150/PQ": 2.83})
+    (metrics / "sweeps" / "modules.json").write_text(json.dumps(sweep))
+    out = tmp_path / "reports"
+    build_report(metrics, out, "paper", train_benchmark="coco_panoptic_train")
+    t4 = (out / "table4_modules.md").read_text()
+    assert "| + FiSeR + TeVA | 2 | 22.0 ± 2.8 | +0.9 ± 0.1 |" in t4  # (1.0, 0.8) on seeds 0 and 1
+    assert "| baseline (f_q tuned, frozen generator) (ref) | 3 | 24.1 ± 5.6 | +0.0 |" in t4
+
+
 def test_latex_escapes_and_compiles(metrics, tmp_path):
     assert latex_escape("PQ_seen 5% & #1") == r"PQ\_seen 5\% \& \#1"
     assert fmt(None) == "n/a" and fmt(2.36) == "2.4" and fmt(0.04, signed=True) == "+0.0"
