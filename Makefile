@@ -19,8 +19,10 @@ $(BIN)/fovseg: pyproject.toml
 .PHONY: install demo test test-all lint mlflow-ui plots
 install: $(BIN)/fovseg
 
+# `dvc repro`, with the sweep stages beside train/evaluate on their own CPUs (pipeline/parallel_repro.py);
+# `dvc repro` alone gives the same results, one stage at a time.
 demo: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pipeline.parallel_repro
 
 test: install
 	$(BIN)/python -m pytest -q

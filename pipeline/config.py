@@ -320,7 +320,7 @@ class SweepParams:
     seeds: tuple[int, ...] = (0, 1)
     cpus_per_trial: float = 1.0  # fractional allowed
     gpus_per_trial: float = 0.0  # fractional allowed
-    num_cpus: int = 0  # CPUs of a local Ray instance; 0 = os.cpu_count() (ignored when attaching to a cluster)
+    num_cpus: int = 0  # CPUs of a local Ray instance; 0 = all this process may use (ignored on a cluster)
     max_concurrent: int = 0  # 0 = as many as the resources allow
     max_failures: int = 1  # retries of a trial that raised
 

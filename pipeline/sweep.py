@@ -32,6 +32,7 @@ import yaml
 
 from pipeline.config import Params, ParamsError, params_from_dict, to_dict
 from pipeline.runtime import REPO_ROOT, git_commit, write_metrics
+from pipeline.threads import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +398,7 @@ def _init_ray(params: Params, address: str | None) -> None:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
         # address="local": always a new local instance, never a cluster some earlier `ray start` left behind
-        ray.init(address="local", num_cpus=params.sweep.num_cpus or os.cpu_count(), include_dashboard=False,
+        ray.init(address="local", num_cpus=params.sweep.num_cpus or available_cpus(), include_dashboard=False,
                  runtime_env={"env_vars": env}, log_to_driver=False)
 
 

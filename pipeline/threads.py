@@ -60,6 +60,18 @@ def configure_threads() -> dict[str, str]:
     return applied
 
 
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity mask: taskset, cgroup cpusets), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def available_cpus() -> int:
+    """How many CPUs this process may run on (see :func:`usable_cpus`)."""
+    return len(usable_cpus())
+
+
 def thread_settings() -> dict[str, object]:
     """What is in effect (for logs and benchmark headers)."""
     names = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")

@@ -1,0 +1,165 @@
+"""``dvc repro`` with the sweep stages beside the main chain, each pinned to its own half of the CPUs.
+
+``make demo`` runs this. DVC reproduces one stage at a time, and on a small CPU that leaves a core idle for
+minutes: the toy training step barely uses a second thread (9.9 vs 9.5 it/s, 2 cores), nor do the evaluate
+and attention stages, while the sweep's trials are one-thread processes anyway. So, in three steps over the
+pipeline's own graph (read from ``dvc.yaml``; nothing about it is repeated here):
+
+1. ``dvc repro`` of what the side stages (``sweep@*``) depend on: datasets, backbones, proposals, on every CPU;
+2. two ``dvc repro --single-item`` at once, each lane's stages in dependency order: the side stages pinned to
+   one half of the CPUs, and everything else that does not depend on them (train, evaluate, attention)
+   pinned to the other half, each lane told its thread count (``FOVSEG_THREADS``; the local Ray instance of
+   a sweep takes the CPUs it may run on);
+3. ``dvc repro`` of the rest on every CPU: the stages that read the sweeps' results (the report) and the
+   ones that must run alone because they time things (``benchmark``).
+
+DVC supports this: a stage's command runs with the repository lock released, and each stage locks its own
+dependencies (shared, read) and outputs (exclusive, write); the two lanes share no output. Results are the
+same as a serial ``dvc repro`` with the same thread counts (torch's arithmetic depends on the thread count,
+so the train stage's numbers differ from a 2-thread run in the last digits). A final plain ``dvc repro``
+(step 3) also picks up anything the lanes left stale. With fewer than 2 CPUs, without CPU affinity (not
+Linux) or with ``--serial``, this is one plain ``dvc repro``.
+
+The side lane's output goes to a log file (two interleaved progress bars are unreadable); its last lines
+are printed if it fails.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.threads import available_cpus, usable_cpus
+
+SIDE_LOG = Path(".dvc/tmp/repro-side-lane.log")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stage names (DVC addressing) of each step."""
+    shared: list[str]
+    side: list[str]
+    main: list[str]
+
+
+def plan_lanes(graph, side_pattern: str, alone: set[str]) -> Plan:
+    """Split DVC's stage graph (edges point from a stage to the stages it depends on) into the three steps.
+
+    ``shared``: every stage a side stage depends on; ``side``: stages matching ``side_pattern``; ``main``:
+    the others that neither depend on a side stage nor are in ``alone``. What is left (downstream of the
+    side stages, or alone) is step 3's."""
+    import networkx as nx
+
+    by_name = {s.addressing: s for s in graph.nodes}
+    side = {n for n in by_name if fnmatch.fnmatchcase(n, side_pattern)}
+    shared: set[str] = set()
+    after_side: set[str] = set()
+    for name in side:
+        shared |= {s.addressing for s in nx.descendants(graph, by_name[name])}
+        after_side |= {s.addressing for s in nx.ancestors(graph, by_name[name])}
+    main = set(by_name) - shared - set(side) - after_side - alone
+    order = [s.addressing for s in reversed(list(nx.topological_sort(graph)))]  # dependencies first
+    return Plan(shared=[n for n in order if n in shared], side=[n for n in order if n in side],
+                main=[n for n in order if n in main])
+
+
+def load_plan(side_pattern: str, alone: set[str]) -> Plan:
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        return plan_lanes(repo.index.graph, side_pattern, alone)
+
+
+def dvc_exe() -> str:
+    """The ``dvc`` beside this interpreter (a venv's), else the one on PATH."""
+    here = Path(sys.executable).with_name("dvc")
+    found = str(here) if here.is_file() else shutil.which("dvc")
+    if not found:
+        raise SystemExit("dvc not found: install the project (`make install`) or put dvc on PATH")
+    return found
+
+
+def repro_cmd(stages: list[str], single_items: bool = False) -> list[str]:
+    """``dvc repro`` of ``stages``; ``single_items``: those stages only, in the order given, without checking
+    their upstream (a lane must not touch the shared stages: DVC would lock their outputs for writing while
+    the other lane reads them, and fail)."""
+    return [dvc_exe(), "--wait-for-lock", "repro", *(["--single-item"] if single_items else []), *stages]
+
+
+def start_pinned(cmd: list[str], cpus: set[int], **popen) -> subprocess.Popen:
+    """Start ``cmd`` on ``cpus`` only (the child and all its children inherit the affinity) with as many threads."""
+    own = os.sched_getaffinity(0)
+    env = {**os.environ, "FOVSEG_THREADS": str(len(cpus))}
+    os.sched_setaffinity(0, cpus)
+    try:
+        return subprocess.Popen(cmd, env=env, **popen)
+    finally:
+        os.sched_setaffinity(0, own)
+
+
+def run_step(cmd: list[str]) -> None:
+    print(f"$ {' '.join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd))}", flush=True)
+    rc = subprocess.call(cmd)
+    if rc:
+        raise SystemExit(rc)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last non-empty lines of a log (progress bars' carriage returns read as line ends)."""
+    text = path.read_text(errors="replace").replace("\r", "\n")
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def run_lanes(plan: Plan, log_path: Path) -> None:
+    """Step 2: both lanes at once; waits for both, then fails naming the lane(s) that failed."""
+    cpus = sorted(usable_cpus())
+    half = len(cpus) // 2
+    main_cpus, side_cpus = set(cpus[:half]), set(cpus[half:])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"$ dvc repro {' '.join(plan.side)}  (CPUs {sorted(side_cpus)}, log: {log_path})", flush=True)
+    print(f"$ dvc repro {' '.join(plan.main)}  (CPUs {sorted(main_cpus)})", flush=True)
+    with open(log_path, "wb") as log:
+        side = start_pinned(repro_cmd(plan.side, single_items=True), side_cpus, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            main = start_pinned(repro_cmd(plan.main, single_items=True), main_cpus)
+            main_rc = main.wait()
+        finally:
+            side_rc = side.wait()
+    failed = []
+    if side_rc:
+        print(f"\nside lane ({' '.join(plan.side)}) failed with exit status {side_rc}; last lines of {log_path}:\n"
+              f"{tail(log_path)}", file=sys.stderr)
+        failed.append(side_rc)
+    if main_rc:
+        print(f"main lane ({' '.join(plan.main)}) failed with exit status {main_rc} (its output is above)",
+              file=sys.stderr)
+        failed.append(main_rc)
+    if failed:
+        raise SystemExit(failed[0])
+    print(f"side lane done (log: {log_path})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--side", default="sweep@*", help="stages of the side lane (glob over DVC stage names)")
+    ap.add_argument("--alone", nargs="*", default=["benchmark"],
+                    help="stages that must not run beside another (timings); they run in the last step")
+    ap.add_argument("--serial", action="store_true", help="one plain `dvc repro`")
+    ap.add_argument("--side-log", type=Path, default=SIDE_LOG, help="where the side lane's output goes")
+    args = ap.parse_args(argv)
+    plan = None if args.serial or not hasattr(os, "sched_setaffinity") or available_cpus() < 2 \
+        else load_plan(args.side, set(args.alone))
+    if plan and plan.side and plan.main:
+        if plan.shared:
+            run_step(repro_cmd(plan.shared))
+        run_lanes(plan, args.side_log)
+    run_step(repro_cmd([]))
+
+
+if __name__ == "__main__":
+    main()
