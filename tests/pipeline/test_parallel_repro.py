@@ -1,15 +1,20 @@
-"""pipeline.parallel_repro: the lanes drawn from the real dvc.yaml, and a tiny DVC project run through it."""
+"""pipeline.parallel_repro: the lanes drawn from a graph and from the real dvc.yaml, and tiny DVC projects run
+through it (both lanes really at once, each on its own CPUs, every stage once; a failing lane)."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import networkx as nx
 import pytest
 
 from pipeline import parallel_repro
+from pipeline.config import load_params
 from pipeline.runtime import REPO_ROOT
 from pipeline.threads import available_cpus
 
@@ -17,10 +22,39 @@ two_cpus = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or available_
                               reason="lanes need CPU affinity and two CPUs (else parallel_repro is one dvc repro)")
 
 
+@dataclass(frozen=True)
+class FakeStage:
+    addressing: str
+
+
+def fake_graph(edges: dict[str, list[str]]) -> nx.DiGraph:
+    """DVC's layout: an edge from each stage to each stage it depends on."""
+    nodes = {n: FakeStage(n) for n in set(edges) | {d for ds in edges.values() for d in ds}}
+    g = nx.DiGraph()
+    g.add_nodes_from(nodes.values())
+    g.add_edges_from((nodes[n], nodes[d]) for n, ds in edges.items() for d in ds)
+    return g
+
+
+def test_plan_puts_what_follows_a_side_or_alone_stage_last():
+    g = fake_graph({"data": [], "side1": ["data"], "main1": ["data"], "main2": ["main1"], "bench": ["main1"],
+                    "post_bench": ["bench"], "report": ["side1", "main2"]})
+    plan = parallel_repro.plan_lanes(g, "side*", {"bench"})
+    assert plan == parallel_repro.Plan(shared=["data"], side=["side1"], main=["main1", "main2"])
+    assert parallel_repro.plan_lanes(g, "side*", {"side1"}).side == []  # an alone stage never runs in a lane
+
+
+def test_lanes_keep_only_stale_stages_and_what_follows_them():
+    g = fake_graph({"data": [], "side1": ["data"], "main1": ["data"], "main2": ["main1"], "main3": ["data"]})
+    plan = parallel_repro.plan_lanes(g, "side*", set())
+    assert parallel_repro.with_work(plan, g, {"main1"}) == parallel_repro.Plan(["data"], [], ["main1", "main2"])
+    assert parallel_repro.with_work(plan, g, {"side1", "main3"}).main == ["main3"]
+
+
 def test_lanes_of_the_project_pipeline(monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     plan = parallel_repro.load_plan("sweep@*", {"benchmark"})
-    assert plan.side == ["sweep@modules"]
+    assert plan.side == [f"sweep@{g}" for g in load_params(REPO_ROOT / "params.yaml").sweep.grids]
     assert {"download", "backbones", "proposals-train", "proposals@toy_open"} <= set(plan.shared)
     assert {"train", "evaluate@toy_open", "attention"} <= set(plan.main)
     # the report reads the sweeps' results, the benchmark times things: both wait for step 3
@@ -28,74 +62,123 @@ def test_lanes_of_the_project_pipeline(monkeypatch):
     assert not set(plan.main) & set(plan.shared)
 
 
+# A stage: appends its name to runs.log; a lane stage first marks that it started and waits (up to 60 s) for
+# the other lane's stage to start, so it succeeds only if the two lanes really run at once.
 RECORD = """\
 import json, os, sys, time
-name, fail = sys.argv[1], len(sys.argv) > 2
-start = time.time()
-time.sleep(1.5)
-if fail:
+name, partner = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
+os.makedirs("marks", exist_ok=True)
+open("marks/runs.log", "a").write(name + "\\n")
+if partner:
+    open("marks/started_" + name, "w").close()
+if name.startswith("fail"):
     sys.exit("stage %s failed on purpose" % name)
+if partner:
+    deadline = time.time() + 60
+    while not os.path.exists("marks/started_" + partner):
+        if time.time() > deadline:
+            sys.exit("%s: %s never started beside it" % (name, partner))
+        time.sleep(0.05)
 os.makedirs("out", exist_ok=True)
-json.dump({"start": start, "end": time.time(), "cpus": sorted(os.sched_getaffinity(0)),
-           "threads": os.environ.get("FOVSEG_THREADS")}, open("out/%s.json" % name, "w"))
+json.dump({"cpus": sorted(os.sched_getaffinity(0)), "threads": os.environ.get("FOVSEG_THREADS")},
+          open("out/%s.json" % name, "w"))
 """
 
 
-def make_project(root: Path, side_fails: bool = False) -> None:
-    """up -> (side1 | main1) -> report; main1 -> bench (alone)."""
+def make_project(root: Path, side: str = "side1") -> None:
+    """up -> (side | main1 -> main2) -> report; main1 -> bench (alone)."""
     (root / "record.py").write_text(RECORD)
-    py = sys.executable
 
-    def stage(name: str, deps: list[str], extra: str = "") -> str:
+    def stage(name: str, deps: list[str], partner: str = "") -> str:
         deps_yaml = "".join(f"\n      - out/{d}.json" for d in deps)
-        return (f"  {name}:\n    cmd: {py} record.py {name}{extra}\n    deps:\n      - record.py{deps_yaml}\n"
-                f"    outs:\n      - out/{name}.json\n")
+        return (f"  {name}:\n    cmd: {sys.executable} record.py {name} {partner}\n    deps:\n      - record.py"
+                f"{deps_yaml}\n    outs:\n      - out/{name}.json\n")
 
-    (root / "dvc.yaml").write_text("stages:\n" + stage("up", []) + stage("side1", ["up"], " fail" * side_fails)
-                                   + stage("main1", ["up"]) + stage("bench", ["main1"])
-                                   + stage("report", ["side1", "main1"]))
+    (root / "dvc.yaml").write_text("stages:\n" + stage("up", []) + stage(side, ["up"], "main1")
+                                   + stage("main1", ["up"], side) + stage("main2", ["main1"])
+                                   + stage("bench", ["main1"]) + stage("report", [side, "main2"]))
     subprocess.run([parallel_repro.dvc_exe(), "init", "--no-scm", "-q"], cwd=root, check=True)
 
 
-def stamps(root: Path) -> dict[str, dict]:
+def runs(root: Path) -> list[str]:
+    log = root / "marks" / "runs.log"
+    return log.read_text().split() if log.is_file() else []
+
+
+def outputs(root: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (root / "out").glob("*.json")}
 
 
 @two_cpus
-def test_side_and_main_lanes_overlap_on_their_own_cpus(tmp_path, monkeypatch):
+def test_side_and_main_lanes_run_at_once_on_their_own_cpus(tmp_path, monkeypatch):
     make_project(tmp_path)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FOVSEG_THREADS", raising=False)
     parallel_repro.main(["--side", "side*", "--alone", "bench"])
-    s = stamps(tmp_path)
-    assert set(s) == {"up", "side1", "main1", "bench", "report"}
-    side, main = s["side1"], s["main1"]
-    assert side["start"] < main["end"] and main["start"] < side["end"], "the two lanes did not run at once"
+    ran = runs(tmp_path)
+    assert sorted(ran) == sorted(["up", "side1", "main1", "main2", "bench", "report"])  # each exactly once
+    assert ran[0] == "up" and ran.index("main2") > ran.index("main1") and set(ran[-2:]) == {"bench", "report"}
+    out = outputs(tmp_path)
+    side, main = out["side1"], out["main1"]
     assert side["cpus"] and main["cpus"] and not set(side["cpus"]) & set(main["cpus"])
     assert side["threads"] == str(len(side["cpus"])) and main["threads"] == str(len(main["cpus"]))
-    assert len(s["up"]["cpus"]) == len(s["bench"]["cpus"]) == available_cpus()  # steps 1 and 3 on every CPU
-    assert s["report"]["start"] > max(side["end"], main["end"]) and s["bench"]["start"] > main["end"]
+    assert len(out["up"]["cpus"]) == len(out["bench"]["cpus"]) == available_cpus()  # steps 1 and 3: every CPU
     assert "side1" in (tmp_path / parallel_repro.SIDE_LOG).read_text()
-    lock = (tmp_path / "dvc.lock").read_text()
-    assert all(f"out/{n}.json" in lock for n in s)  # both lanes' stages recorded
+
+    parallel_repro.main(["--side", "side*", "--alone", "bench"])  # all up to date: no lane starts, nothing runs
+    assert len(runs(tmp_path)) == len(ran)
 
 
 @two_cpus
 def test_a_failing_side_lane_fails_the_run_after_the_main_lane_finished(tmp_path, monkeypatch, capsys):
-    make_project(tmp_path, side_fails=True)
+    make_project(tmp_path, side="fail_side")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        parallel_repro.main(["--side", "side*", "--alone", "bench"])
+        parallel_repro.main(["--side", "fail*", "--alone", "bench"])
     assert exc.value.code != 0
-    s = stamps(tmp_path)
-    assert "main1" in s and "side1" not in s and "report" not in s and "bench" not in s
+    ran = runs(tmp_path)
+    assert "fail_side" in ran and "main2" in ran and "report" not in ran and "bench" not in ran
     err = capsys.readouterr().err
-    assert "side lane (side1) failed" in err and "failed on purpose" in err
+    assert "side lane (fail_side) failed" in err and "failed on purpose" in err
 
 
 def test_serial_is_one_plain_repro(tmp_path, monkeypatch):
     make_project(tmp_path)
+    # without lanes the two partner stages would wait for each other in vain: one plain repro runs them in
+    # turn, so their partner marks are removed from the commands
+    text = (tmp_path / "dvc.yaml").read_text().replace("side1 main1\n", "side1\n").replace("main1 side1\n", "main1\n")
+    (tmp_path / "dvc.yaml").write_text(text)
     monkeypatch.chdir(tmp_path)
     parallel_repro.main(["--serial"])
-    s = stamps(tmp_path)
-    assert set(s) == {"up", "side1", "main1", "bench", "report"}
+    assert sorted(runs(tmp_path)) == sorted(["up", "side1", "main1", "main2", "bench", "report"])
     assert not (tmp_path / parallel_repro.SIDE_LOG).exists()
+
+
+@two_cpus
+def test_sigterm_stops_both_lanes_and_leaves_no_stage_running(tmp_path):
+    make_project(tmp_path)
+    # the lane stages wait for each other, then sleep: the signal arrives while both run
+    (tmp_path / "record.py").write_text(RECORD.replace('os.makedirs("out"', 'time.sleep(60 if partner else 0)\n'
+                                                                            'os.makedirs("out"'))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.parallel_repro", "--side", "side*", "--alone", "bench"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marks = [tmp_path / "marks" / "started_side1", tmp_path / "marks" / "started_main1"]
+    deadline = time.time() + 60
+    while not all(m.exists() for m in marks) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert all(m.exists() for m in marks), proc.communicate()[1].decode()[-2000:]
+    proc.terminate()
+    assert proc.wait(timeout=60) == 143
+    time.sleep(0.5)
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(tmp_path))]
+    assert not left, "processes left running after SIGTERM"
+    assert "main2" not in runs(tmp_path) and not (tmp_path / "out" / "side1.json").exists()
+
+
+def _cmdline_has(proc_dir: Path, text: str) -> bool:
+    try:
+        return text in (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") \
+            or text in os.readlink(proc_dir / "cwd")
+    except OSError:
+        return False
