@@ -60,6 +60,13 @@ class Plan:
     main: list[str]
 
 
+def _reach(graph, names: set[str], step) -> set[str]:
+    """Names of the stages ``step`` (``networkx.descendants``: their dependencies, ``ancestors``: the stages
+    that depend on them) reaches from ``names``."""
+    by_name = {s.addressing: s for s in graph.nodes}
+    return {s.addressing for name in names for s in step(graph, by_name[name])}
+
+
 def plan_lanes(graph, side_pattern: str, alone: set[str]) -> Plan:
     """Split DVC's stage graph (edges point from a stage to the stages it depends on) into the three steps.
 
@@ -68,16 +75,13 @@ def plan_lanes(graph, side_pattern: str, alone: set[str]) -> Plan:
     the side or alone stages, and the alone stages) is step 3's."""
     import networkx as nx
 
-    by_name = {s.addressing: s for s in graph.nodes}
-    side = {n for n in by_name if fnmatch.fnmatchcase(n, side_pattern)} - alone
-    shared: set[str] = set()
-    later = set(alone) & set(by_name)
-    for name in side:
-        shared |= {s.addressing for s in nx.descendants(graph, by_name[name])}
-    for name in side | later:
-        later |= {s.addressing for s in nx.ancestors(graph, by_name[name])}
-    side -= shared | later  # a side stage another side stage depends on runs first, in step 1
-    main = set(by_name) - shared - side - later
+    names = {s.addressing for s in graph.nodes}
+    side = {n for n in names if fnmatch.fnmatchcase(n, side_pattern)} - alone
+    shared = _reach(graph, side, nx.descendants)
+    alone = alone & names
+    later = alone | _reach(graph, side | alone, nx.ancestors)
+    side -= shared | later  # a side stage that another one depends on (or follows) runs in step 1 (or 3)
+    main = names - shared - side - later
     order = [s.addressing for s in reversed(list(nx.topological_sort(graph)))]  # dependencies first
     return Plan(shared=[n for n in order if n in shared], side=[n for n in order if n in side],
                 main=[n for n in order if n in main])
@@ -87,10 +91,7 @@ def with_work(plan: Plan, graph, stale: set[str]) -> Plan:
     """The plan's lanes cut to the stages that will run: the stale ones and those downstream of them."""
     import networkx as nx
 
-    by_name = {s.addressing: s for s in graph.nodes}
-    todo = set(stale)
-    for name in stale:
-        todo |= {s.addressing for s in nx.ancestors(graph, by_name[name])}
+    todo = stale | _reach(graph, stale, nx.ancestors)
     return Plan(shared=plan.shared, side=[n for n in plan.side if n in todo],
                 main=[n for n in plan.main if n in todo])
 
