@@ -19,7 +19,8 @@ $(BIN)/fovseg: pyproject.toml
 .PHONY: install demo test test-all lint mlflow-ui plots
 install: $(BIN)/fovseg
 
-# `dvc repro`, with the sweep stages beside train/evaluate on their own CPUs (pipeline/parallel_repro.py);
+# `dvc repro`, with the proposal stages side by side and the sweep stages beside train/evaluate
+# (pipeline/parallel_repro.py);
 # `dvc repro` alone gives the same results, one stage at a time.
 demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pipeline.parallel_repro

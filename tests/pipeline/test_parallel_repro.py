@@ -1,5 +1,6 @@
 """pipeline.parallel_repro: the lanes drawn from a graph and from the real dvc.yaml, and tiny DVC projects run
-through it (both lanes really at once, each on its own CPUs, every stage once; a failing lane)."""
+through it (both lanes really at once, the main one on its CPUs, the side one at a lower priority on all;
+every stage once; a failing lane)."""
 from __future__ import annotations
 
 import json
@@ -44,6 +45,15 @@ def test_plan_puts_what_follows_a_side_or_alone_stage_last():
     assert parallel_repro.plan_lanes(g, "side*", {"side1"}).side == []  # an alone stage never runs in a lane
 
 
+def test_fan_out_stages_depend_on_no_other_one():
+    g = fake_graph({"data": [], "model": ["data"], "prop_a": ["model"], "prop_b": ["model"], "prop_c": ["prop_a"],
+                    "side1": ["prop_b", "prop_c"], "main1": ["data"]})
+    plan = parallel_repro.plan_lanes(g, "side*", set(), "prop_*")
+    assert plan.fan == ["prop_a", "prop_b"] and plan.before == ["data", "model"]  # prop_c waits for prop_a
+    assert set(plan.shared) == {"data", "model", "prop_a", "prop_b", "prop_c"}
+    assert parallel_repro.plan_lanes(g, "side*", set()).fan == []
+
+
 def test_lanes_keep_only_stale_stages_and_what_follows_them():
     g = fake_graph({"data": [], "side1": ["data"], "main1": ["data"], "main2": ["main1"], "main3": ["data"]})
     plan = parallel_repro.plan_lanes(g, "side*", set())
@@ -53,7 +63,10 @@ def test_lanes_keep_only_stale_stages_and_what_follows_them():
 
 def test_lanes_of_the_project_pipeline(monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
-    plan = parallel_repro.load_plan("sweep@*", {"benchmark"})
+    plan = parallel_repro.load_plan("sweep@*", {"benchmark"}, "proposals*")
+    assert plan.before == ["download", "backbones"]
+    benchmarks = load_params(REPO_ROOT / "params.yaml").data.eval_benchmarks
+    assert sorted(plan.fan) == sorted(["proposals-train", *(f"proposals@{b}" for b in benchmarks)])
     assert plan.side == [f"sweep@{g}" for g in load_params(REPO_ROOT / "params.yaml").sweep.grids]
     assert {"download", "backbones", "proposals-train", "proposals@toy_open"} <= set(plan.shared)
     assert {"train", "evaluate@toy_open", "attention"} <= set(plan.main)
@@ -80,13 +93,14 @@ if partner:
             sys.exit("%s: %s never started beside it" % (name, partner))
         time.sleep(0.05)
 os.makedirs("out", exist_ok=True)
-json.dump({"cpus": sorted(os.sched_getaffinity(0)), "threads": os.environ.get("FOVSEG_THREADS")},
+json.dump({"cpus": sorted(os.sched_getaffinity(0)), "threads": os.environ.get("FOVSEG_THREADS"), "nice": os.nice(0)},
           open("out/%s.json" % name, "w"))
 """
 
 
-def make_project(root: Path, side: str = "side1") -> None:
-    """up -> (side | main1 -> main2) -> report; main1 -> bench (alone)."""
+def make_project(root: Path, side: str = "side1", fans: tuple[tuple[str, str], ...] = ()) -> None:
+    """up -> (side | main1 -> main2) -> report; main1 -> bench (alone); ``fans`` ((name, partner) pairs): stages
+    between up and the side stage."""
     (root / "record.py").write_text(RECORD)
 
     def stage(name: str, deps: list[str], partner: str = "") -> str:
@@ -94,7 +108,9 @@ def make_project(root: Path, side: str = "side1") -> None:
         return (f"  {name}:\n    cmd: {sys.executable} record.py {name} {partner}\n    deps:\n      - record.py"
                 f"{deps_yaml}\n    outs:\n      - out/{name}.json\n")
 
-    (root / "dvc.yaml").write_text("stages:\n" + stage("up", []) + stage(side, ["up"], "main1")
+    fan_stages = "".join(stage(name, ["up"], partner) for name, partner in fans)
+    (root / "dvc.yaml").write_text("stages:\n" + stage("up", []) + fan_stages
+                                   + stage(side, ["up", *(name for name, _ in fans)], "main1")
                                    + stage("main1", ["up"], side) + stage("main2", ["main1"])
                                    + stage("bench", ["main1"]) + stage("report", [side, "main2"]))
     subprocess.run([parallel_repro.dvc_exe(), "init", "--no-scm", "-q"], cwd=root, check=True)
@@ -110,7 +126,7 @@ def outputs(root: Path) -> dict[str, dict]:
 
 
 @two_cpus
-def test_side_and_main_lanes_run_at_once_on_their_own_cpus(tmp_path, monkeypatch):
+def test_lanes_run_at_once_main_on_its_cpus_side_yielding_on_all(tmp_path, monkeypatch):
     make_project(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FOVSEG_THREADS", raising=False)
@@ -120,13 +136,49 @@ def test_side_and_main_lanes_run_at_once_on_their_own_cpus(tmp_path, monkeypatch
     assert ran[0] == "up" and ran.index("main2") > ran.index("main1") and set(ran[-2:]) == {"bench", "report"}
     out = outputs(tmp_path)
     side, main = out["side1"], out["main1"]
-    assert side["cpus"] and main["cpus"] and not set(side["cpus"]) & set(main["cpus"])
-    assert side["threads"] == str(len(side["cpus"])) and main["threads"] == str(len(main["cpus"]))
+    cpus = sorted(os.sched_getaffinity(0))
+    assert main["cpus"] == cpus[: len(cpus) // 2] and main["threads"] == str(len(main["cpus"]))
+    assert side["cpus"] == cpus and side["threads"] is None  # a sweep's Ray takes every CPU, trials their own threads
+    assert side["nice"] == min(19, main["nice"] + parallel_repro.SIDE_NICE)  # it yields to the main lane
     assert len(out["up"]["cpus"]) == len(out["bench"]["cpus"]) == available_cpus()  # steps 1 and 3: every CPU
     assert "side1" in (tmp_path / parallel_repro.SIDE_LOG).read_text()
 
     parallel_repro.main(["--side", "side*", "--alone", "bench"])  # all up to date: no lane starts, nothing runs
     assert len(runs(tmp_path)) == len(ran)
+
+
+@two_cpus
+def test_fan_out_stages_run_at_once_after_what_they_depend_on(tmp_path, monkeypatch):
+    make_project(tmp_path, fans=(("fan_a", "fan_b"), ("fan_b", "fan_a"), ("fan_c", "")))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FOVSEG_THREADS", raising=False)
+    parallel_repro.main(["--side", "side*", "--alone", "bench", "--fan-out", "fan_*"])
+    ran = runs(tmp_path)
+    fans = ["fan_a", "fan_b", "fan_c"]
+    assert sorted(ran) == sorted(["up", *fans, "side1", "main1", "main2", "bench", "report"])  # each once
+    assert ran[0] == "up" and set(ran[1:4]) == set(fans)  # fan_a and fan_b at once (handshake), before step 2
+    threads = str(available_cpus() // min(3, available_cpus()))
+    assert all(outputs(tmp_path)[f]["threads"] == threads for f in fans)
+    assert all(parallel_repro.log_file(tmp_path / ".dvc/tmp", f).is_file() for f in fans)
+
+    dvc_yaml = tmp_path / "dvc.yaml"  # one stale fan-out stage (a new command): it runs in step 1's plain repro
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("record.py fan_c", "record.py fan_c ''"))
+    parallel_repro.main(["--side", "side*", "--alone", "bench", "--fan-out", "fan_*"])
+    again = runs(tmp_path)[len(ran):]
+    assert again[0] == "fan_c" and not {"up", "fan_a", "fan_b"} & set(again)  # then what depends on it
+    assert outputs(tmp_path)["fan_c"]["threads"] is None  # every thread, as in a plain dvc repro
+
+
+@two_cpus
+def test_a_failing_fan_out_stage_stops_the_run_before_the_lanes(tmp_path, monkeypatch, capsys):
+    make_project(tmp_path, fans=(("fan_a", "fail_fan"), ("fail_fan", "fan_a")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        parallel_repro.main(["--side", "side*", "--alone", "bench", "--fan-out", "f*"])
+    assert exc.value.code != 0
+    assert sorted(runs(tmp_path)) == ["fail_fan", "fan_a", "up"]
+    err = capsys.readouterr().err
+    assert f"fail_fan failed with exit status {exc.value.code}" in err and "failed on purpose" in err
 
 
 @two_cpus
@@ -155,15 +207,19 @@ def test_serial_is_one_plain_repro(tmp_path, monkeypatch):
 
 
 @two_cpus
-def test_sigterm_stops_both_lanes_and_leaves_no_stage_running(tmp_path):
-    make_project(tmp_path)
-    # the lane stages wait for each other, then sleep: the signal arrives while both run
+@pytest.mark.parametrize("during", ["lanes", "fan-out"])
+def test_sigterm_stops_every_stage_and_leaves_none_running(tmp_path, during):
+    fans = (("fan_a", "fan_b"), ("fan_b", "fan_a")) if during == "fan-out" else ()
+    make_project(tmp_path, fans=fans)
+    # the partnered stages wait for each other, then sleep: the signal arrives while both run
     (tmp_path / "record.py").write_text(RECORD.replace('os.makedirs("out"', 'time.sleep(60 if partner else 0)\n'
                                                                             'os.makedirs("out"'))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.parallel_repro", "--side", "side*", "--alone", "bench"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    marks = [tmp_path / "marks" / "started_side1", tmp_path / "marks" / "started_main1"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.parallel_repro", "--side", "side*", "--alone", "bench",
+                             "--fan-out", "fan_*"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    pair = ["fan_a", "fan_b"] if fans else ["side1", "main1"]
+    marks = [tmp_path / "marks" / f"started_{name}" for name in pair]
     deadline = time.time() + 60
     while not all(m.exists() for m in marks) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -173,7 +229,8 @@ def test_sigterm_stops_both_lanes_and_leaves_no_stage_running(tmp_path):
     time.sleep(0.5)
     left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(tmp_path))]
     assert not left, "processes left running after SIGTERM"
-    assert "main2" not in runs(tmp_path) and not (tmp_path / "out" / "side1.json").exists()
+    assert not any((tmp_path / "out" / f"{name}.json").exists() for name in pair)
+    assert not {"main2", "side1", "main1"} - set(pair) & set(runs(tmp_path))  # nothing after them started
 
 
 def _cmdline_has(proc_dir: Path, text: str) -> bool:
