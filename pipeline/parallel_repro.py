@@ -296,7 +296,6 @@ def run_fan_out(stages: list[str], log_dir: Path) -> None:
 def run_shared(plan: Plan, log_dir: Path) -> None:
     """Step 1: what the fan-out stages depend on, then the stale fan-out stages several at a time (with fewer
     than two stale, they run in the last ``dvc repro``), then the rest of step 1."""
-    fan: list[str] = []
     if len(plan.fan) >= 2:
         if plan.before:
             run_step(repro_cmd(plan.before))
