@@ -17,7 +17,7 @@ in three steps over the pipeline's own graph (read from ``dvc.yaml``; nothing ab
 3. ``dvc repro`` of the rest on every CPU: the stages that read the sweeps' results (the report) and the
    ones that must run alone because they time things (``benchmark``).
 
-On 2 cores, steps 2's stages took 249 s in lanes (the side one pinned to the other core) against 334 s one at
+On 2 cores, step 2's stages took 249 s in lanes (the side one pinned to the other core) against 334 s one at
 a time; with the side lane yielding on both cores instead, 235-249 s against 248-249 s pinned (two rounds each,
 alternated, 2026-12-03): two trials sharing one core run about 20 % slower per core-second, so the idle core
 at the end buys little.
@@ -296,17 +296,15 @@ def run_fan_out(stages: list[str], log_dir: Path) -> None:
 def run_shared(plan: Plan, log_dir: Path) -> None:
     """Step 1: what the fan-out stages depend on, then the stale fan-out stages several at a time (with fewer
     than two stale, they run in the last ``dvc repro``), then the rest of step 1."""
+    rest = plan.shared
     if len(plan.fan) >= 2:
         if plan.before:
             run_step(repro_cmd(plan.before))
         _, stale = stale_stages(plan.fan)
-        fan = [n for n in plan.fan if n in stale]
-        if len(fan) >= 2:
-            run_fan_out(fan, log_dir)
-        done = set(plan.before) | (set(plan.fan) if len(fan) >= 2 else set(plan.fan) - stale)
-        rest = [n for n in plan.shared if n not in done]
-    else:
-        rest = plan.shared
+        if len(stale) >= 2:
+            run_fan_out([n for n in plan.fan if n in stale], log_dir)
+            stale = set()
+        rest = [n for n in plan.shared if n not in plan.before and (n not in plan.fan or n in stale)]
     if rest:
         run_step(repro_cmd(rest))
 
