@@ -17,6 +17,10 @@ in three steps over the pipeline's own graph (read from ``dvc.yaml``; nothing ab
 3. ``dvc repro`` of the rest on every CPU: the stages that read the sweeps' results (the report) and the
    ones that must run alone because they time things (``benchmark``).
 
+"CPUs" are :func:`pipeline.threads.available_cpus`: those in the affinity mask, fewer under a cgroup CPU
+quota (``docker --cpus``, Kubernetes limits), which sets how many stages fan out and how many threads each
+process gets.
+
 On 2 cores, step 2's stages took 249 s in lanes (the side one pinned to the other core) against 334 s one at
 a time; with the side lane yielding on both cores instead, 235-249 s against 248-249 s pinned (two rounds each,
 alternated, 2026-12-03): two trials sharing one core run about 20 % slower per core-second, so the idle core
@@ -34,10 +38,10 @@ start only when both have stale stages after step 1 (otherwise the one with work
 with other thread counts than a plain ``dvc repro``), the fan-out only with two or more stale stages; with
 fewer than 2 CPUs, without CPU affinity (not Linux) or with ``--serial``, it is one plain ``dvc repro``.
 
-Each ``dvc`` runs in its own process group; Ctrl-C (or SIGTERM to this process) is passed on to them as
-SIGINT, and this waits for them to stop, so no stage is left running. If this process is killed outright
-(SIGKILL), a lane keeps running to its end; a new run meanwhile fails at once with DVC's "... is busy, it is
-being blocked by: (PID ...)".
+Each ``dvc`` runs in its own process group; Ctrl-C (or SIGTERM, or SIGHUP when the terminal or ssh session
+closes) is passed on to them as SIGINT, and this waits for them to stop, so no stage is left running. If this
+process is killed outright (SIGKILL), a lane keeps running to its end; a new run meanwhile fails at once with
+DVC's "... is busy, it is being blocked by: (PID ...)".
 
 Concurrent stages write their output to log files in ``.dvc/tmp`` (interleaved progress bars are
 unreadable); the last lines of a failed one's are printed.
@@ -62,6 +66,7 @@ from pipeline.threads import available_cpus, usable_cpus
 
 SIDE_LOG = Path(".dvc/tmp/repro-side-lane.log")
 STOP_WAIT_S = 120  # after Ctrl-C: how long the dvc processes get to stop before they are terminated
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))  # and Ctrl-C
 SIDE_NICE = 10  # the side lane's niceness: CPU weight 110 against the main lane's 1024 (Linux CFS)
 
 
@@ -170,9 +175,10 @@ def lane_threads(cpus: int) -> str:
     return str(min(cpus, int(asked)) if asked and asked.isdigit() and int(asked) > 0 else cpus)
 
 
-def start_pinned(cmd: list[str], cpus: set[int], **popen) -> subprocess.Popen:
-    """Start ``cmd`` on ``cpus`` only (the child and all its children inherit the affinity) with as many threads."""
-    env = {**os.environ, "FOVSEG_THREADS": lane_threads(len(cpus))}
+def start_pinned(cmd: list[str], cpus: set[int], threads: int, **popen) -> subprocess.Popen:
+    """Start ``cmd`` on ``cpus`` only (the child and all its children inherit the affinity) with ``threads``
+    threads."""
+    env = {**os.environ, "FOVSEG_THREADS": lane_threads(threads)}
     return subprocess.Popen(cmd, env=env, preexec_fn=lambda: os.sched_setaffinity(0, cpus), process_group=0, **popen)
 
 
@@ -188,11 +194,13 @@ def exit_status(rc: int) -> int:
 
 
 class _Terminated(Exception):
-    pass
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _raise_terminated(signum, frame) -> None:
-    raise _Terminated
+    raise _Terminated(signum)
 
 
 def signal_group(proc: subprocess.Popen, signum: int) -> None:
@@ -219,18 +227,20 @@ def stop_groups(procs: list[subprocess.Popen]) -> None:
 
 @contextmanager
 def stopped_on_signal(procs: list[subprocess.Popen]) -> Iterator[None]:
-    """On Ctrl-C or SIGTERM inside the block: :func:`stop_groups` of ``procs`` (the list may grow inside), then
-    re-raise (SIGTERM as exit status 143)."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    """On Ctrl-C, SIGTERM or SIGHUP (the terminal or ssh session closed: the groups, each in its own session,
+    would not get it) inside the block: :func:`stop_groups` of ``procs`` (the list may grow inside), then
+    re-raise (SIGTERM and SIGHUP as exit status 128 + the signal's number)."""
+    previous = {s: signal.signal(s, _raise_terminated) for s in STOP_SIGNALS}
     try:
         yield
     except (KeyboardInterrupt, _Terminated) as exc:
         stop_groups(procs)
         if isinstance(exc, _Terminated):
-            raise SystemExit(143) from None
+            raise SystemExit(128 + exc.signum) from None
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def wait_all(procs: list[subprocess.Popen]) -> list[int]:
@@ -309,17 +319,23 @@ def run_shared(plan: Plan, log_dir: Path) -> None:
         run_step(repro_cmd(rest))
 
 
+def main_lane_share(cpus: set[int], available: int) -> tuple[set[int], int]:
+    """The main lane's CPUs (the lower half of those this process may run on) and its thread count: one per
+    CPU, or half of ``available`` under a CPU quota that allows fewer."""
+    half = set(sorted(cpus)[: len(cpus) // 2])
+    return half, min(len(half), max(1, available // 2))
+
+
 def run_lanes(plan: Plan, log_path: Path) -> None:
     """Step 2: both lanes at once; waits for both, then fails naming the lane(s) that failed."""
-    cpus = sorted(usable_cpus())
-    main_cpus = set(cpus[: len(cpus) // 2])
+    main_cpus, main_threads = main_lane_share(usable_cpus(), available_cpus())
     side_cmd, main_cmd = repro_cmd(plan.side, single_items=True), repro_cmd(plan.main, single_items=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"$ {shown(side_cmd)}  (every CPU, nice +{SIDE_NICE}, output: {log_path})", flush=True)
-    print(f"$ {shown(main_cmd)}  (CPUs {sorted(main_cpus)})", flush=True)
+    print(f"$ {shown(main_cmd)}  (CPUs {sorted(main_cpus)}, {lane_threads(main_threads)} thread(s))", flush=True)
     with open(log_path, "wb") as log:
         side = start_yielding(side_cmd, stdout=log, stderr=subprocess.STDOUT)
-        main = start_pinned(main_cmd, main_cpus)
+        main = start_pinned(main_cmd, main_cpus, main_threads)
         side_rc, main_rc = wait_all([side, main])
     if side_rc:
         print(f"\nside lane ({' '.join(plan.side)}) failed with exit status {exit_status(side_rc)}; last lines of "

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 DEFAULT_SPINCOUNT = "1000"  # spins before an idle OpenMP thread sleeps (see the table above)
 
@@ -51,6 +52,8 @@ def configure_threads() -> dict[str, str]:
         os.environ["GOMP_SPINCOUNT"] = DEFAULT_SPINCOUNT
         applied["GOMP_SPINCOUNT"] = DEFAULT_SPINCOUNT
     wanted = os.environ.get("FOVSEG_THREADS")
+    if not wanted and "OMP_NUM_THREADS" not in os.environ and available_cpus() < len(usable_cpus()):
+        wanted = str(available_cpus())  # a CPU quota (docker --cpus): torch would count the CPUs it may run on
     if wanted:
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(int(wanted))
@@ -67,9 +70,57 @@ def usable_cpus() -> set[int]:
     return set(range(os.cpu_count() or 1))
 
 
+def cgroup_cpu_limit(proc_cgroup: Path = Path("/proc/self/cgroup"), mount: Path = Path("/sys/fs/cgroup")
+                     ) -> float | None:
+    """The tightest CPU quota on this process's cgroup and its ancestors, in CPUs (quota / period: ``docker
+    --cpus``, Kubernetes CPU limits); None when there is none or it cannot be read (not Linux)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    limits: list[float] = []
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and not controllers:  # cgroup v2 (hybrid hosts mount it at unified/)
+            for base in (mount, mount / "unified"):
+                limits += [_v2_quota(d / "cpu.max") for d in _cgroup_dirs(base, path)]
+        elif "cpu" in controllers.split(","):  # cgroup v1
+            for base in dict.fromkeys((mount / controllers, mount / "cpu")):
+                limits += [_v1_quota(d) for d in _cgroup_dirs(base, path)]
+    found = [x for x in limits if x is not None]
+    return min(found) if found else None
+
+
+def _cgroup_dirs(base: Path, path: str) -> list[Path]:
+    """``base/path`` and each parent up to ``base`` (the mount: a container's own cgroup without a namespace)."""
+    here = base / path.strip("/")
+    return [here, *[p for p in here.parents if p.is_relative_to(base)]] if path.strip("/") else [base]
+
+
+def _v2_quota(cpu_max: Path) -> float | None:
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(cgroup_dir: Path) -> float | None:
+    try:
+        quota = int((cgroup_dir / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup_dir / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
 def available_cpus() -> int:
-    """How many CPUs this process may run on (see :func:`usable_cpus`)."""
-    return len(usable_cpus())
+    """How many CPUs' worth of work this process may do at once: the CPUs it may run on (see
+    :func:`usable_cpus`), fewer under a CPU quota (rounded down, at least 1: threads beyond a quota are
+    throttled, and OpenMP's spinning threads then collapse as in the tables above)."""
+    cpus = len(usable_cpus())
+    limit = cgroup_cpu_limit()
+    return min(cpus, max(1, int(limit))) if limit else cpus
 
 
 def thread_settings() -> dict[str, object]:

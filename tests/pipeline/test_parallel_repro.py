@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -206,9 +207,16 @@ def test_serial_is_one_plain_repro(tmp_path, monkeypatch):
     assert not (tmp_path / parallel_repro.SIDE_LOG).exists()
 
 
+def test_main_lane_takes_half_the_cpus_and_fewer_threads_under_a_quota():
+    assert parallel_repro.main_lane_share({0, 1}, 2) == ({0}, 1)
+    assert parallel_repro.main_lane_share(set(range(8)), 8) == ({0, 1, 2, 3}, 4)
+    assert parallel_repro.main_lane_share(set(range(8)), 2) == ({0, 1, 2, 3}, 1)  # docker --cpus=2 on 8 cores
+
+
 @two_cpus
-@pytest.mark.parametrize("during", ["lanes", "fan-out"])
-def test_sigterm_stops_every_stage_and_leaves_none_running(tmp_path, during):
+@pytest.mark.parametrize("during, signum", [("lanes", signal.SIGTERM), ("fan-out", signal.SIGTERM),
+                                            ("lanes", signal.SIGHUP)])  # SIGHUP: the terminal or ssh session closed
+def test_a_stop_signal_stops_every_stage_and_leaves_none_running(tmp_path, during, signum):
     fans = (("fan_a", "fan_b"), ("fan_b", "fan_a")) if during == "fan-out" else ()
     make_project(tmp_path, fans=fans)
     # the partnered stages wait for each other, then sleep: the signal arrives while both run
@@ -224,11 +232,11 @@ def test_sigterm_stops_every_stage_and_leaves_none_running(tmp_path, during):
     while not all(m.exists() for m in marks) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert all(m.exists() for m in marks), proc.communicate()[1].decode()[-2000:]
-    proc.terminate()
-    assert proc.wait(timeout=60) == 143
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == 128 + signum
     time.sleep(0.5)
     left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(tmp_path))]
-    assert not left, "processes left running after SIGTERM"
+    assert not left, f"processes left running after {signal.Signals(signum).name}"
     assert not any((tmp_path / "out" / f"{name}.json").exists() for name in pair)
     assert not {"main2", "side1", "main1"} - set(pair) & set(runs(tmp_path))  # nothing after them started
 
