@@ -39,9 +39,9 @@ with other thread counts than a plain ``dvc repro``), the fan-out only with two 
 fewer than 2 CPUs, without CPU affinity (not Linux) or with ``--serial``, it is one plain ``dvc repro``.
 
 Each ``dvc`` runs in its own process group; Ctrl-C (or SIGTERM, or SIGHUP when the terminal or ssh session
-closes) is passed on to them as SIGINT, and this waits for them to stop, so no stage is left running. If this
-process is killed outright (SIGKILL), a lane keeps running to its end; a new run meanwhile fails at once with
-DVC's "... is busy, it is being blocked by: (PID ...)".
+closes) is passed on to them as SIGINT, and this waits for them to stop, so no stage is left running. Each
+group is led by a :mod:`pipeline.group_guard`, which stops its group the same way if this process is killed
+outright (SIGKILL: Linux's parent-death signal).
 
 Concurrent stages write their output to log files in ``.dvc/tmp`` (interleaved progress bars are
 unreadable); the last lines of a failed one's are printed.
@@ -175,17 +175,23 @@ def lane_threads(cpus: int) -> str:
     return str(min(cpus, int(asked)) if asked and asked.isdigit() and int(asked) > 0 else cpus)
 
 
+def start_group(cmd: list[str], **popen) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of a new process group, through :mod:`pipeline.group_guard`, which stops the
+    group if this process is killed outright."""
+    return subprocess.Popen([sys.executable, "-m", "pipeline.group_guard", *cmd], process_group=0, **popen)
+
+
 def start_pinned(cmd: list[str], cpus: set[int], threads: int, **popen) -> subprocess.Popen:
     """Start ``cmd`` on ``cpus`` only (the child and all its children inherit the affinity) with ``threads``
     threads."""
     env = {**os.environ, "FOVSEG_THREADS": lane_threads(threads)}
-    return subprocess.Popen(cmd, env=env, preexec_fn=lambda: os.sched_setaffinity(0, cpus), process_group=0, **popen)
+    return start_group(cmd, env=env, preexec_fn=lambda: os.sched_setaffinity(0, cpus), **popen)
 
 
 def start_yielding(cmd: list[str], **popen) -> subprocess.Popen:
     """Start ``cmd`` on every CPU at a lower priority (``SIDE_NICE``; children inherit it): it takes the CPU
     time the other lane leaves."""
-    return subprocess.Popen(cmd, preexec_fn=lambda: os.nice(SIDE_NICE), process_group=0, **popen)
+    return start_group(cmd, preexec_fn=lambda: os.nice(SIDE_NICE), **popen)
 
 
 def exit_status(rc: int) -> int:
@@ -251,7 +257,7 @@ def wait_all(procs: list[subprocess.Popen]) -> list[int]:
 
 def run_step(cmd: list[str]) -> None:
     print(f"$ {shown(cmd)}", flush=True)
-    rc = wait_all([subprocess.Popen(cmd, process_group=0)])[0]
+    rc = wait_all([start_group(cmd)])[0]
     if rc:
         raise SystemExit(exit_status(rc))
 
@@ -285,7 +291,7 @@ def run_fan_out(stages: list[str], log_dir: Path) -> None:
                 cmd, path = repro_cmd([stage], single_items=True), log_file(log_dir, stage)
                 print(f"$ {shown(cmd)}  (output: {path})", flush=True)
                 with open(path, "wb") as log:
-                    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+                    proc = start_group(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
                 started.append(proc)
                 running[proc] = (stage, path, time.monotonic())
             if not running:

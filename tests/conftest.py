@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+# DVC in a test's fresh project (no `core.analytics = false` there) would spawn an analytics daemon after each
+# command: it phones home, and it outlives the command that spawned it (a "process left running")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # the text-embedding cache lives outside the repository (pipeline.builder.text_cache_dir); tests use a fresh one
 os.environ.setdefault("FOVSEG_CACHE", tempfile.mkdtemp(prefix="fovseg-test-cache-"))
 REPO = Path(__file__).resolve().parents[1]

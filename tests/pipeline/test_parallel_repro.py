@@ -214,8 +214,11 @@ def test_main_lane_takes_half_the_cpus_and_fewer_threads_under_a_quota():
 
 
 @two_cpus
-@pytest.mark.parametrize("during, signum", [("lanes", signal.SIGTERM), ("fan-out", signal.SIGTERM),
-                                            ("lanes", signal.SIGHUP)])  # SIGHUP: the terminal or ssh session closed
+@pytest.mark.parametrize("during, signum", [
+    ("lanes", signal.SIGTERM), ("fan-out", signal.SIGTERM),
+    ("lanes", signal.SIGHUP),  # the terminal or ssh session closed
+    ("lanes", signal.SIGKILL), ("fan-out", signal.SIGKILL),  # the launcher cannot act: each group's guard does
+], ids=lambda v: v.name if isinstance(v, signal.Signals) else v)
 def test_a_stop_signal_stops_every_stage_and_leaves_none_running(tmp_path, during, signum):
     fans = (("fan_a", "fan_b"), ("fan_b", "fan_a")) if during == "fan-out" else ()
     make_project(tmp_path, fans=fans)
@@ -233,12 +236,26 @@ def test_a_stop_signal_stops_every_stage_and_leaves_none_running(tmp_path, durin
         time.sleep(0.1)
     assert all(m.exists() for m in marks), proc.communicate()[1].decode()[-2000:]
     proc.send_signal(signum)
-    assert proc.wait(timeout=60) == 128 + signum
-    time.sleep(0.5)
-    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(tmp_path))]
-    assert not left, f"processes left running after {signal.Signals(signum).name}"
+    assert proc.wait(timeout=60) == (-signum if signum == signal.SIGKILL else 128 + signum)
+    deadline = time.time() + (30 if signum == signal.SIGKILL else 0.5)  # after SIGKILL the guards stop them
+    while True:
+        time.sleep(0.5)
+        left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(tmp_path))]
+        if not left or time.time() > deadline:
+            break
+    assert not left, f"processes left running after {signal.Signals(signum).name}: {_cmdlines(left)}"
     assert not any((tmp_path / "out" / f"{name}.json").exists() for name in pair)
     assert not {"main2", "side1", "main1"} - set(pair) & set(runs(tmp_path))  # nothing after them started
+
+
+def _cmdlines(proc_dirs: list[Path]) -> list[str]:
+    out = []
+    for d in proc_dirs:
+        try:
+            out.append((d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200])
+        except OSError:
+            out.append(f"{d.name} (gone)")
+    return out
 
 
 def _cmdline_has(proc_dir: Path, text: str) -> bool:
@@ -247,3 +264,11 @@ def _cmdline_has(proc_dir: Path, text: str) -> bool:
             or text in os.readlink(proc_dir / "cwd")
     except OSError:
         return False
+
+
+def test_group_guard_passes_the_exit_status_on():
+    guard = [sys.executable, "-m", "pipeline.group_guard"]
+    assert subprocess.run([*guard, sys.executable, "-c", "raise SystemExit(3)"], timeout=60).returncode == 3
+    killed = subprocess.run([*guard, sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"],
+                            timeout=60)
+    assert killed.returncode == 128 + signal.SIGTERM
