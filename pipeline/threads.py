@@ -100,7 +100,7 @@ def _cgroup_dirs(base: Path, path: str) -> list[Path]:
 def _v2_quota(cpu_max: Path) -> float | None:
     try:
         quota, period = cpu_max.read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
+        return None if quota == "max" or int(period) <= 0 else int(quota) / int(period)
     except (OSError, ValueError):
         return None
 

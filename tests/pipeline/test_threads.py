@@ -65,6 +65,7 @@ def _cgroup(tmp_path: Path, proc_lines: str, files: dict[str, str]) -> tuple[Pat
     ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1 unlimited
     ("0::/\n", {"unified/cpu.max": "100000 100000\n"}, 1.0),  # hybrid host: v2 at unified/
     ("0::/\n", {"cpu.max": "garbage\n"}, None),
+    ("0::/\n", {"cpu.max": "100000 0\n"}, None),
 ])
 def test_cgroup_cpu_quota_in_cpus(tmp_path, proc_lines, files, expected):
     assert cgroup_cpu_limit(*_cgroup(tmp_path, proc_lines, files)) == expected
