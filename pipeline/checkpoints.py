@@ -51,10 +51,12 @@ def _feed(h, obj: Any) -> None:
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> None:
-    """Atomically write ``obj`` with its content digest (umask file mode, unique temp name)."""
+    """Atomically write ``obj`` with its content digest (umask file mode, unique temp name). Saved through a file
+    object: given a path, torch names the archive's folder after the file, here the random temp name, and the
+    same checkpoint would differ in bytes (and DVC hash) from run to run."""
     payload = {**obj, DIGEST_KEY: content_digest(obj)}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -22,6 +22,14 @@ def test_round_trip_keeps_the_content(tmp_path):
     assert "sha256" not in got  # the digest is checked and stripped
 
 
+def test_the_same_checkpoint_is_the_same_bytes_every_time(tmp_path):
+    """DVC hashes outputs: a re-run that computes the same weights must write the same file (each save goes
+    through a differently named temp file)."""
+    save_checkpoint(_state(), tmp_path / "a" / "model.pt")
+    save_checkpoint(_state(), tmp_path / "b" / "model.pt")
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+
+
 def test_truncated_checkpoint_is_one_clear_error_naming_the_path(tmp_path):
     path = tmp_path / "model.pt"
     save_checkpoint(_state(), path)
