@@ -264,6 +264,23 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def code_digest() -> str:
+    """sha256 of the ``models`` and ``pipeline`` sources: which code wrote a checkpoint. DVC re-runs training when
+    the code changes; a finished checkpoint from other code must then not stand in for the new training."""
+    import hashlib
+
+    import models
+    import pipeline
+
+    h = hashlib.sha256()
+    for package in (models, pipeline):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            h.update(f"{package.__name__}/{path.relative_to(root).as_posix()}\0".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def _atomic_save(obj: dict, path: Path) -> None:
     save_checkpoint(obj, path)  # atomic, with a content digest checked on load
 
@@ -305,6 +322,7 @@ class TrainingRecipe:
         self.seed, self.device = seed, torch.device(device)
         self.ckpt_path = Path(checkpoint_dir) / "last.pt"
         self.identity = {**(identity or {}), "train": to_dict(cfg), "seed": seed}
+        self.code = code_digest()  # kept beside the identity: other code never blocks resuming an unfinished run
         self.loss_weights = {"fiser": cfg.loss_weights.fiser, "ce": cfg.loss_weights.ce,
                              "generator": cfg.loss_weights.generator}
         self.rank, self.world = _world()
@@ -345,23 +363,36 @@ class TrainingRecipe:
         dist.barrier()
         return ckpt if self.rank == 0 else load_or_set_aside(self.ckpt_path)
 
+    def _set_aside_finished(self, why: str) -> None:
+        aside = self.ckpt_path.with_name(f"{self.ckpt_path.name}.finished-{time.strftime('%Y%m%d-%H%M%S')}")
+        if self.rank == 0:
+            os.replace(self.ckpt_path, aside)
+        log.warning("%s holds a finished run %s; set aside as %s, training starts over", self.ckpt_path, why,
+                    aside.name)
+
     def _resume(self, ckpt: dict) -> None:
         """Continue from ``ckpt``. One with other settings is refused while unfinished (it may be wanted), and
-        set aside when finished (nothing is left to resume: changed params start a new run, as dvc expects)."""
+        set aside when finished (nothing is left to resume: changed params start a new run, as dvc expects). A
+        finished one written by other code (``code_digest``) is set aside too: DVC re-runs training after a code
+        change, and the old weights must not come back as the new result. An unfinished one from other code
+        resumes, with a warning (a long run killed, then the code edited, need not start over)."""
         want, have = resume_identity(self.identity), resume_identity(with_defaults(ckpt.get("identity") or {}))
+        total = (ckpt.get("identity") or {}).get("train", {}).get("iterations")
+        finished = total is not None and int(ckpt["step"]) >= int(total)
         if want != have:
             diff = _differences(have, want) or ["(checkpoint written by another version: no identity)"]
-            total = (ckpt.get("identity") or {}).get("train", {}).get("iterations")
-            if total is not None and int(ckpt["step"]) >= int(total):
-                aside = self.ckpt_path.with_name(f"{self.ckpt_path.name}.finished-{time.strftime('%Y%m%d-%H%M%S')}")
-                if self.rank == 0:
-                    os.replace(self.ckpt_path, aside)
-                log.warning("%s holds a finished run with other settings (%s); set aside as %s, training starts "
-                            "over", self.ckpt_path, "; ".join(diff[:6]), aside.name)
+            if finished:
+                self._set_aside_finished(f"with other settings ({'; '.join(diff[:6])})")
                 return
             raise CheckpointError(
                 f"{self.ckpt_path} was trained with other settings ({'; '.join(diff[:6])}); it is kept as is. "
                 "Restore those settings to resume it, or move/delete it to train from scratch")
+        if ckpt.get("code") != self.code:
+            if finished:
+                self._set_aside_finished("written by other code (models/ or pipeline/ changed since)")
+                return
+            log.warning("%s was written by other code (models/ or pipeline/ changed since); resuming it anyway",
+                        self.ckpt_path)
         step = int(ckpt["step"])
         if step > self.cfg.iterations:
             raise CheckpointError(f"{self.ckpt_path} is at iteration {step}, past train.iterations = "
@@ -423,7 +454,7 @@ class TrainingRecipe:
             _atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                           "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                           "step": step, "iterations": self.cfg.iterations, "history": self.history,
-                          "identity": self.identity, "train_seconds": self.train_seconds,
+                          "identity": self.identity, "code": self.code, "train_seconds": self.train_seconds,
                           "schedule_changed_at": self.schedule_changed_at}, self.ckpt_path)
 
     def save_model(self, path: str | Path, extra: dict | None = None) -> None:

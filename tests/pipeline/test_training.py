@@ -133,6 +133,39 @@ def test_a_finished_run_with_other_settings_is_set_aside_and_training_starts_ove
     assert "train.lr: 0.001 -> 0.002" in caplog.text and "training starts over" in caplog.text
 
 
+def test_a_finished_run_from_other_code_is_set_aside_and_trained_again(base_model, toy_root, tmp_path, caplog,
+                                                                         monkeypatch):
+    """DVC re-runs training when models/ or pipeline/ change; the persisted finished checkpoint must not come back
+    as the result (same params, so the identity alone would let it resume at its last step)."""
+    from pipeline import training
+
+    first = _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2)
+    assert _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2)["resumed_from"] == 2  # same code
+    before = (tmp_path / "last.pt").read_bytes()
+    monkeypatch.setattr(training, "code_digest", lambda: "edited")
+    with caplog.at_level("WARNING"):
+        r = _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2)
+    assert r["resumed_from"] == 0 and [h["loss"] for h in r["history"]] == [h["loss"] for h in first["history"]]
+    aside = list(tmp_path.glob("last.pt.finished-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == before and "written by other code" in caplog.text
+
+
+def test_an_unfinished_run_from_other_code_resumes_with_a_warning(base_model, toy_root, tmp_path, caplog,
+                                                                  monkeypatch):
+    from pipeline import training
+
+    def kill(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=4, on_step=kill)
+    monkeypatch.setattr(training, "code_digest", lambda: "edited")
+    with caplog.at_level("WARNING"):
+        r = _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=4)
+    assert r["resumed_from"] > 0 and "resuming it anyway" in caplog.text
+
+
 def test_params_keys_newer_than_the_checkpoint_resume_at_their_defaults(base_model, toy_root, tmp_path):
     from pipeline.training import resume_identity, with_defaults
 
