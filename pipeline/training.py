@@ -268,15 +268,13 @@ def code_digest() -> str:
     """sha256 of the ``models`` and ``pipeline`` sources: which code wrote a checkpoint. DVC re-runs training when
     the code changes; a finished checkpoint from other code must then not stand in for the new training."""
     import hashlib
-
-    import models
-    import pipeline
+    import sys
 
     h = hashlib.sha256()
-    for package in (models, pipeline):
-        root = Path(package.__file__).parent
+    for name in ("models", "pipeline"):  # both loaded by now (this module imports from them)
+        root = Path(sys.modules[name].__file__).parent
         for path in sorted(root.rglob("*.py")):
-            h.update(f"{package.__name__}/{path.relative_to(root).as_posix()}\0".encode())
+            h.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
             h.update(path.read_bytes())
     return h.hexdigest()
 
