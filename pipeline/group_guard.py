@@ -19,7 +19,7 @@ import sys
 import threading
 
 ORPHAN_SIGNAL = signal.SIGUSR1  # nothing else sends it to the group
-STOP_WAIT_S = 120  # as pipeline.parallel_repro.STOP_WAIT_S (not imported: this process starts light)
+STOP_WAIT_S = 120  # after SIGINT: how long a group gets to stop before SIGTERM (here and in parallel_repro)
 PR_SET_PDEATHSIG = 1
 
 

@@ -62,10 +62,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.group_guard import STOP_WAIT_S
 from pipeline.threads import available_cpus, usable_cpus
 
 SIDE_LOG = Path(".dvc/tmp/repro-side-lane.log")
-STOP_WAIT_S = 120  # after Ctrl-C: how long the dvc processes get to stop before they are terminated
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))  # and Ctrl-C
 SIDE_NICE = 10  # the side lane's niceness: CPU weight 110 against the main lane's 1024 (Linux CFS)
 
@@ -250,7 +250,8 @@ def stopped_on_signal(procs: list[subprocess.Popen]) -> Iterator[None]:
 
 
 def wait_all(procs: list[subprocess.Popen]) -> list[int]:
-    """Wait for every process (each leads its own process group), stopping them all on Ctrl-C or SIGTERM."""
+    """Wait for every process (each leads its own process group), stopping them all on Ctrl-C, SIGTERM or
+    SIGHUP."""
     with stopped_on_signal(procs):
         return [p.wait() for p in procs]
 
