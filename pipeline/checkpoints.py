@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import pickle
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -79,16 +80,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return obj
 
 
+def set_aside_folder(path: str | Path) -> Path:
+    """Where checkpoints that must not be resumed go: ``<folder>.set-aside`` beside the checkpoint's folder.
+    Outside it, because that folder is a DVC output (``persist: true``): old runs inside would be hashed and
+    copied into the DVC cache at every commit (GBs each on the paper preset)."""
+    folder = Path(os.path.abspath(path)).parent
+    return folder.with_name(folder.name + ".set-aside")
+
+
+def set_aside(path: str | Path, why: str) -> Path:
+    """Move ``path`` to ``<folder>.set-aside/<name>.<why>-<time>`` (never over an earlier one) and return where."""
+    path = Path(path)
+    folder, stamp = set_aside_folder(path), time.strftime("%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    aside, n = folder / f"{path.name}.{why}-{stamp}", 1
+    while aside.exists():
+        aside, n = folder / f"{path.name}.{why}-{stamp}-{n}", n + 1
+    shutil.move(path, aside)  # a rename on one filesystem
+    return aside
+
+
 def load_or_set_aside(path: str | Path, map_location: str | torch.device = "cpu") -> dict | None:
-    """A resume checkpoint: loaded if sound; if damaged, renamed to ``<name>.corrupt-<time>`` with a warning and
-    None returned, so the run starts over instead of blocking ``dvc repro`` until someone deletes it."""
+    """A resume checkpoint: loaded if sound; if damaged, set aside (:func:`set_aside`, ``corrupt``) with a warning
+    and None returned, so the run starts over instead of blocking ``dvc repro`` until someone deletes it."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         return load_checkpoint(path, map_location)
     except CheckpointError as exc:
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(path, aside)
+        aside = set_aside(path, "corrupt")
         log.warning("%s; set aside as %s, training starts over", exc, aside)
         return None

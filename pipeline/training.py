@@ -42,7 +42,7 @@ from models.classifier import FOVSeg
 from models.losses import IGNORE, assign_targets, mask_classification_loss
 from models.trainable import count_parameters, is_backbone_parameter
 from pipeline.builder import build_classifier, file_digest
-from pipeline.checkpoints import load_or_set_aside, save_checkpoint
+from pipeline.checkpoints import load_or_set_aside, save_checkpoint, set_aside
 from pipeline.config import (
     ClipParams,
     DataParams,
@@ -362,11 +362,10 @@ class TrainingRecipe:
         return ckpt if self.rank == 0 else load_or_set_aside(self.ckpt_path)
 
     def _set_aside_finished(self, why: str) -> None:
-        aside = self.ckpt_path.with_name(f"{self.ckpt_path.name}.finished-{time.strftime('%Y%m%d-%H%M%S')}")
-        if self.rank == 0:
-            os.replace(self.ckpt_path, aside)
-        log.warning("%s holds a finished run %s; set aside as %s, training starts over", self.ckpt_path, why,
-                    aside.name)
+        if self.rank == 0:  # the other ranks loaded it after rank 0 and only start over
+            aside = set_aside(self.ckpt_path, "finished")
+            log.warning("%s holds a finished run %s; set aside as %s, training starts over", self.ckpt_path, why,
+                        aside)
 
     def _resume(self, ckpt: dict) -> None:
         """Continue from ``ckpt``. One with other settings is refused while unfinished (it may be wanted), and

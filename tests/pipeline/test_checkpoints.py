@@ -4,7 +4,14 @@ import copy
 import pytest
 import torch
 
-from pipeline.checkpoints import CheckpointError, load_checkpoint, load_or_set_aside, save_checkpoint
+from pipeline.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    load_or_set_aside,
+    save_checkpoint,
+    set_aside,
+    set_aside_folder,
+)
 from pipeline.errors import FovsegError
 from tests.conftest import run_recipe
 
@@ -63,9 +70,20 @@ def test_corrupt_resume_checkpoint_is_set_aside_not_blocking(tmp_path, caplog):
     path.write_bytes(path.read_bytes()[:100])
     with caplog.at_level("WARNING"):
         assert load_or_set_aside(path) is None
-    assert not path.exists()
-    aside = list(tmp_path.glob("last.pt.corrupt*"))
+    assert not path.exists() and not list(tmp_path.iterdir())
+    aside = list(set_aside_folder(path).glob("last.pt.corrupt*"))
     assert len(aside) == 1 and "set aside" in caplog.text and str(aside[0]) in caplog.text
+
+
+def test_set_aside_goes_beside_the_folder_and_never_over_an_earlier_one(tmp_path):
+    folder = tmp_path / "outputs" / "checkpoints"
+    folder.mkdir(parents=True)
+    moved = []
+    for content in (b"first", b"second"):  # within one second: same time stamp
+        (folder / "last.pt").write_bytes(content)
+        moved.append(set_aside(folder / "last.pt", "finished"))
+    assert [m.parent for m in moved] == [tmp_path / "outputs" / "checkpoints.set-aside"] * 2
+    assert [m.read_bytes() for m in moved] == [b"first", b"second"] and not list(folder.iterdir())
 
 
 def test_builder_checkpoint_reader_verifies_and_reports_the_path(tmp_path):
@@ -105,5 +123,5 @@ def test_training_hook_sets_a_truncated_last_checkpoint_aside(tmp_path, toy_root
                 loss_weights={"ce": 2.0, "fiser": 1.0}, amp=False, seed=0, device=torch.device("cpu"),
                 config={"test": 1})
     assert out["resumed_from"] == 0
-    assert list(tmp_path.glob("last.pt.corrupt*"))
+    assert list(set_aside_folder(tmp_path / "last.pt").glob("last.pt.corrupt*"))
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 2  # the new checkpoint carries a digest and verifies

@@ -11,6 +11,7 @@ from models.classifier import FOVSeg
 from models.clip_backbone import build_clip
 from models.mask_encoder import TevaConfig
 from models.trainable import select_trainable
+from pipeline.checkpoints import set_aside_folder
 from pipeline.config import LossWeights, TrainParams
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import get_benchmark
@@ -128,9 +129,10 @@ def test_a_finished_run_with_other_settings_is_set_aside_and_training_starts_ove
     with caplog.at_level("WARNING"):
         r = _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2, lr=2e-3)
     assert r["resumed_from"] == 0 and [h["loss"] for h in r["history"]] == [h["loss"] for h in fresh["history"]]
-    aside = list(tmp_path.glob("last.pt.finished-*"))
+    aside = list(set_aside_folder(tmp_path / "last.pt").glob("last.pt.finished-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == before
     assert "train.lr: 0.001 -> 0.002" in caplog.text and "training starts over" in caplog.text
+    assert not list(tmp_path.glob("last.pt.*"))  # the checkpoint folder (a DVC output) holds no old run
 
 
 def test_a_finished_run_from_other_code_is_set_aside_and_trained_again(base_model, toy_root, tmp_path, caplog,
@@ -146,8 +148,9 @@ def test_a_finished_run_from_other_code_is_set_aside_and_trained_again(base_mode
     with caplog.at_level("WARNING"):
         r = _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2)
     assert r["resumed_from"] == 0 and [h["loss"] for h in r["history"]] == [h["loss"] for h in first["history"]]
-    aside = list(tmp_path.glob("last.pt.finished-*"))
+    aside = list(set_aside_folder(tmp_path / "last.pt").glob("last.pt.finished-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == before and "written by other code" in caplog.text
+    assert not list(tmp_path.glob("last.pt.*"))
 
 
 def test_an_unfinished_run_from_other_code_resumes_with_a_warning(base_model, toy_root, tmp_path, caplog,
