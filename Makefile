@@ -40,6 +40,8 @@ install: $(BIN)/fovseg
 # `dvc repro` alone gives the same results, one stage at a time.
 demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pipeline.parallel_repro
+	@echo "Results: reports/README.md (tables beside the paper's numbers), reports/figures/, metrics/."
+	@echo "Compare runs: make mlflow-ui (http://127.0.0.1:5000). Your own images: .venv/bin/fovseg predict IMAGES --classes \"red circle, blue cross\""
 
 test: install
 	$(BIN)/python -m pytest -q

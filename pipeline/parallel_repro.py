@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--serial", action="store_true", help="one plain `dvc repro`")
     ap.add_argument("--side-log", type=Path, default=SIDE_LOG, help="where the side lane's output goes")
     args = ap.parse_args(argv)
+    started = time.monotonic()
     plan = None if args.serial or not hasattr(os, "sched_setaffinity") or available_cpus() < 2 \
         else load_plan(args.side, set(args.alone), args.fan_out)
     if plan and plan.side and plan.main:
@@ -375,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
         if plan.side and plan.main:
             run_lanes(plan, args.side_log)
     run_step(repro_cmd([]))
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    print(f"pipeline up to date ({minutes} min {seconds} s)", flush=True)
 
 
 if __name__ == "__main__":
