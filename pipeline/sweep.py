@@ -6,10 +6,10 @@ trials. Every row is validated by building its :class:`Params` before anything s
 
 Layout under ``out`` (deterministic, so a re-run finds its work again): ``<experiment>/<row>__seed<k>/``
 (checkpoints, model, predictions, metrics of one trial; ``<experiment>`` = grid, preset and a fingerprint of
-rows, seeds, base params and git commit) and ``proposals/<generator key>/<bench>/`` (proposals of a row whose
-generator differs from the base one). Ray Tune's experiment state lives under ``storage/<experiment>``
-(shared storage on a cluster); re-running the same command restores it: finished trials are not run again
-and interrupted ones resume from their last training checkpoint.
+rows, seeds, base params and code: :func:`experiment_name`) and ``proposals/<generator key>/<bench>/``
+(proposals of a row whose generator differs from the base one). Ray Tune's experiment state lives under
+``storage/<experiment>`` (shared storage on a cluster); re-running the same command restores it: finished
+trials are not run again and interrupted ones resume from their last training checkpoint.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from typing import Any, Callable
 import yaml
 
 from pipeline.config import Params, ParamsError, params_from_dict, to_dict
-from pipeline.runtime import REPO_ROOT, git_commit, write_metrics
+from pipeline.runtime import REPO_ROOT, code_digest, git_commit, write_metrics
 from pipeline.threads import available_cpus
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,14 @@ class Grid:
         blob = json.dumps({"rows": [dataclasses.asdict(r) for r in self.rows], "base": self.base, "seeds": seeds,
                            "benchmarks": self.benchmarks, "params": base, "code": code}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def experiment_name(grid: Grid, params: Params, seeds: tuple[int, ...]) -> str:
+    """``<grid>-<preset>-<fingerprint>``: names the trial folders and Tune's experiment, so a changed grid, params
+    or code (:func:`code_digest` of ``models/`` and ``pipeline/``, edits not yet committed included) never
+    meets another configuration's finished trials or checkpoints, and a commit that leaves them alone (a README
+    edit) does not orphan them."""
+    return f"{grid.name}-{params.preset}-{grid.fingerprint(seeds, params, code_digest())}"
 
 
 def available_grids() -> list[str]:
@@ -425,8 +433,7 @@ def run_sweep(grid_name: str, params: Params, opts: SweepOptions) -> dict:
         log.warning("train.gpus = %d is for the train stage: each sweep trial trains in one process on "
                     "sweep.gpus_per_trial = %s GPU(s) with the same global train.batch_size = %d",
                     params.train.gpus, params.sweep.gpus_per_trial, params.train.batch_size)
-    # trial folders are per experiment, so a changed configuration never meets another one's checkpoints
-    name = f"{grid.name}-{params.preset}-{grid.fingerprint(seeds, params, git_commit())}"
+    name = experiment_name(grid, params, seeds)
     trials_root = opts.out / name
     trials_root.mkdir(parents=True, exist_ok=True)
     opts.storage.mkdir(parents=True, exist_ok=True)

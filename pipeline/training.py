@@ -59,6 +59,7 @@ from pipeline.data.semantic import with_class_segments
 from pipeline.data.transforms import apply_joint, lsj_transform
 from pipeline.errors import CheckpointError, TrainingDiverged, TrainingInterrupted  # noqa: F401  (re-exported)
 from pipeline.generator_training import build_generator_tuner
+from pipeline.runtime import code_digest
 
 log = logging.getLogger(__name__)
 
@@ -262,21 +263,6 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             keys.append(f"{prefix}{k}: {va!r} -> {vb!r}")
     return keys
-
-
-def code_digest() -> str:
-    """sha256 of the ``models`` and ``pipeline`` sources: which code wrote a checkpoint. DVC re-runs training when
-    the code changes; a finished checkpoint from other code must then not stand in for the new training."""
-    import hashlib
-    import sys
-
-    h = hashlib.sha256()
-    for name in ("models", "pipeline"):  # both loaded by now (this module imports from them)
-        root = Path(sys.modules[name].__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            h.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def _atomic_save(obj: dict, path: Path) -> None:

@@ -94,6 +94,38 @@ def test_grid_errors_name_the_bad_key_or_value(tmp_path, row, message):
     assert message in str(err.value) and "'x'" in str(err.value)
 
 
+def test_experiment_name_follows_the_code_not_the_commit(tmp_path, toy_root, monkeypatch):
+    """An uncommitted code edit must start a new experiment (else a re-run restores the old finished trials and
+    reports them as the new code's); a commit that touches no code (a README edit) must not orphan the trials."""
+    from pipeline import sweep
+
+    params = _params(toy_root)
+    grid = load_grid(_write_grid(tmp_path / "test.yaml", GRID), params)
+    name = sweep.experiment_name(grid, params, (0, 1))
+    monkeypatch.setattr(sweep, "git_commit", lambda: "another-commit")
+    assert sweep.experiment_name(grid, params, (0, 1)) == name
+    monkeypatch.setattr(sweep, "code_digest", lambda: "edited")
+    assert sweep.experiment_name(grid, params, (0, 1)) != name
+
+
+def test_code_digest_sees_uncommitted_source_edits_only(tmp_path, monkeypatch):
+    from pipeline.runtime import code_digest
+
+    pkg = tmp_path / "fovseg_digest_pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "model.py").write_text("WIDTH = 64\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = code_digest(("fovseg_digest_pkg",))
+    (pkg / "README.md").write_text("docs")  # not code
+    assert code_digest(("fovseg_digest_pkg",)) == first
+    (pkg / "sub" / "model.py").write_text("WIDTH = 96\n")
+    assert code_digest(("fovseg_digest_pkg",)) != first
+    assert "fovseg_digest_pkg" not in sys.modules  # located, not imported
+    with pytest.raises(ModuleNotFoundError, match="no_such_pkg"):
+        code_digest(("no_such_pkg",))
+
+
 def test_unknown_grid_name_lists_the_available_ones(capsys):
     from pipeline.cli import main
 
@@ -291,6 +323,34 @@ def test_mlflow_has_one_parent_with_nested_children(fake_sweep):
     name = parents[0].data.tags["sweep_key"]
     log_sweep_to_mlflow(grid, load_params(REPO / "params.yaml"), [], name, fake_sweep["uri"])
     assert len(client.search_runs([exp.experiment_id], "tags.kind = 'sweep'")) == 1
+
+
+def _counting_trial(params, overrides, trial_dir, shared, *, benchmarks, evaluation):
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / f"run-{time.time_ns()}").touch()
+    return {f"{b}/PQ": float(trial_params(params, overrides).model.adapter_layers) for b in benchmarks}
+
+
+def test_rerun_after_a_code_edit_runs_the_trials_again(ray_head, toy_root, tmp_path, monkeypatch):
+    """DVC re-runs ``sweep@<grid>`` after a code change (its output persists, for resuming): the finished
+    trials of the old code must not be restored as the new code's results."""
+    from ray import cloudpickle
+
+    from pipeline import sweep
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    grid = _write_grid(tmp_path / "test.yaml", {**GRID, "rows": GRID["rows"][:1]})
+    opts = SweepOptions(out=tmp_path / "out", storage=tmp_path / "ray", metrics=tmp_path / "result.json",
+                        backbones=tmp_path, proposals_root=tmp_path, address=ray_head["address"], seeds=(0,),
+                        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", trial_fn=_counting_trial, verbose=0)
+    run_sweep(grid, _params(toy_root), opts)
+    first = json.loads(opts.metrics.read_text())["experiment"]
+    monkeypatch.setattr(sweep, "code_digest", lambda: "edited")  # as an uncommitted edit of models/ would
+    run_sweep(grid, _params(toy_root), opts)
+    second = json.loads(opts.metrics.read_text())
+    assert second["experiment"] != first and second["rows"][0]["n"] == 1
+    assert len(list((opts.out / second["experiment"]).glob("one__seed0/run-*"))) == 1  # trained again, anew
+    assert len(list((opts.out / first).glob("one__seed0/run-*"))) == 1
 
 
 DRIVER = """
