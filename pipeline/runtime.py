@@ -1,8 +1,6 @@
-"""Process-level helpers: device choice, seeding, git commit and code digest, atomic metric files, logging."""
+"""Process-level helpers: device choice, seeding, git commit, atomic metric files, logging."""
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
 import os
 import random
@@ -74,23 +72,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def code_digest(packages: tuple[str, ...] = ("models", "pipeline")) -> str:
-    """sha256 of every ``.py`` file under the given packages: which code produced a result, committed or not
-    (``git_commit`` misses uncommitted edits, and changes with every commit, a README edit included).
-    Checkpoints record it (a finished one from other code is not resumed) and it keys sweep experiments (a
-    re-run after a code change runs the trials again). Packages are located, not imported."""
-    h = hashlib.sha256()
-    for name in packages:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise ModuleNotFoundError(f"code_digest: package {name!r} not found")
-        root = Path(spec.origin).parent
-        for path in sorted(root.rglob("*.py")):
-            h.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:

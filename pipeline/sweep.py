@@ -30,8 +30,9 @@ from typing import Any, Callable
 
 import yaml
 
+from pipeline.code_version import code_digest
 from pipeline.config import Params, ParamsError, params_from_dict, to_dict
-from pipeline.runtime import REPO_ROOT, code_digest, git_commit, write_metrics
+from pipeline.runtime import REPO_ROOT, git_commit, write_metrics
 from pipeline.threads import available_cpus
 
 log = logging.getLogger(__name__)

@@ -43,6 +43,7 @@ from models.losses import IGNORE, assign_targets, mask_classification_loss
 from models.trainable import count_parameters, is_backbone_parameter
 from pipeline.builder import build_classifier, file_digest
 from pipeline.checkpoints import load_or_set_aside, save_checkpoint, set_aside
+from pipeline.code_version import code_digest
 from pipeline.config import (
     ClipParams,
     DataParams,
@@ -59,7 +60,6 @@ from pipeline.data.semantic import with_class_segments
 from pipeline.data.transforms import apply_joint, lsj_transform
 from pipeline.errors import CheckpointError, TrainingDiverged, TrainingInterrupted  # noqa: F401  (re-exported)
 from pipeline.generator_training import build_generator_tuner
-from pipeline.runtime import code_digest
 
 log = logging.getLogger(__name__)
 

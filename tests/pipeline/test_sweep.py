@@ -109,7 +109,7 @@ def test_experiment_name_follows_the_code_not_the_commit(tmp_path, toy_root, mon
 
 
 def test_code_digest_sees_uncommitted_source_edits_only(tmp_path, monkeypatch):
-    from pipeline.runtime import code_digest
+    from pipeline.code_version import code_digest
 
     pkg = tmp_path / "fovseg_digest_pkg"
     (pkg / "sub").mkdir(parents=True)
