@@ -52,8 +52,10 @@ def configure_threads() -> dict[str, str]:
         os.environ["GOMP_SPINCOUNT"] = DEFAULT_SPINCOUNT
         applied["GOMP_SPINCOUNT"] = DEFAULT_SPINCOUNT
     wanted = os.environ.get("FOVSEG_THREADS")
-    if not wanted and "OMP_NUM_THREADS" not in os.environ and available_cpus() < len(usable_cpus()):
-        wanted = str(available_cpus())  # a CPU quota (docker --cpus): torch would count the CPUs it may run on
+    if not wanted and "OMP_NUM_THREADS" not in os.environ:
+        cpus = available_cpus()  # reads the cgroup files once
+        if cpus < len(usable_cpus()):  # a CPU quota (docker --cpus): torch would count the CPUs it may run on
+            wanted = str(cpus)
     if wanted:
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(int(wanted))

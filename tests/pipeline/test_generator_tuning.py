@@ -12,6 +12,7 @@ from models.generators import Mask2FormerGenerator, build_mask2former
 from models.losses import IGNORE
 from models.mask_encoder import TevaConfig
 from models.trainable import select_trainable
+from pipeline.checkpoints import load_checkpoint
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import get_benchmark
 from pipeline.generator_training import TUNER_NAME, GeneratorTuner
@@ -99,8 +100,7 @@ def test_off_by_default_the_generator_gets_no_gradients(parts, tmp_path):
     assert all("loss_generator" not in r for r in out["history"])
     assert all(not p.requires_grad and p.grad is None for p in frozen.model.parameters())
     assert all(torch.equal(g0[k], v) for k, v in frozen.model.state_dict().items())
-    assert not any(k.startswith(TUNER_NAME) for k in torch.load(tmp_path / "off" / "last.pt",
-                                                                 weights_only=True)["model"])
+    assert not any(k.startswith(TUNER_NAME) for k in load_checkpoint(tmp_path / "off" / "last.pt")["model"])
 
 
 def test_images_without_segments_and_label_modes(parts):

@@ -325,12 +325,6 @@ def test_mlflow_has_one_parent_with_nested_children(fake_sweep):
     assert len(client.search_runs([exp.experiment_id], "tags.kind = 'sweep'")) == 1
 
 
-def _counting_trial(params, overrides, trial_dir, shared, *, benchmarks, evaluation):
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    (trial_dir / f"run-{time.time_ns()}").touch()
-    return {f"{b}/PQ": float(trial_params(params, overrides).model.adapter_layers) for b in benchmarks}
-
-
 def test_rerun_after_a_code_edit_runs_the_trials_again(ray_head, toy_root, tmp_path, monkeypatch):
     """DVC re-runs ``sweep@<grid>`` after a code change (its output persists, for resuming): the finished
     trials of the old code must not be restored as the new code's results."""
@@ -342,7 +336,7 @@ def test_rerun_after_a_code_edit_runs_the_trials_again(ray_head, toy_root, tmp_p
     grid = _write_grid(tmp_path / "test.yaml", {**GRID, "rows": GRID["rows"][:1]})
     opts = SweepOptions(out=tmp_path / "out", storage=tmp_path / "ray", metrics=tmp_path / "result.json",
                         backbones=tmp_path, proposals_root=tmp_path, address=ray_head["address"], seeds=(0,),
-                        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", trial_fn=_counting_trial, verbose=0)
+                        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", trial_fn=_fake_trial, verbose=0)
     run_sweep(grid, _params(toy_root), opts)
     first = json.loads(opts.metrics.read_text())["experiment"]
     monkeypatch.setattr(sweep, "code_digest", lambda: "edited")  # as an uncommitted edit of models/ would
