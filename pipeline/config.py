@@ -114,11 +114,19 @@ class PretrainParams:
 
 
 @dataclass(frozen=True)
+class ClipPretrainParams(PretrainParams):
+    """The toy CLIP's pre-training; ``precision``: the forward pass in ``fp32``, ``bf16`` (autocast) or ``auto``
+    (bf16 where the device computes it natively: AVX512-BF16 or AMX CPUs, Ampere+ GPUs; else fp32)."""
+
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
+
+
+@dataclass(frozen=True)
 class ClipParams:
     model: str = "fovseg-tiny"  # an open_clip model name or one of models/configs
     pretrained: str = ""  # open_clip tag, local checkpoint path, or "" (toy: pre-trained by the pipeline)
     image_size: int = 64  # classifier input size; position embeddings are interpolated
-    pretrain: PretrainParams = field(default_factory=PretrainParams)
+    pretrain: ClipPretrainParams = field(default_factory=ClipPretrainParams)
 
     def validate(self, key: str) -> None:
         _check_clip_model(self.model, f"{key}.model")
