@@ -145,7 +145,8 @@ def pretrain_clip(model_name: str, captions_root: Path, steps: int, batch_size: 
         x[flip] = x[flip].flip(-1)
         with autocast_step(dtype, device):
             out = model((x - mean) / std, tokens[idx].to(device))
-            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        # the contrastive logits in float32: at logit scale 100, bf16's 8 bits would round them by up to 0.4
+        loss = loss_fn(out["image_features"].float(), out["text_features"].float(), out["logit_scale"].float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
