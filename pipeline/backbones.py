@@ -6,10 +6,13 @@ barely uses a second thread (1.15x, 2 cores) while the CLIP step does (1.6x), so
 once the generator is done. Two one-thread processes do not slow each other much here, so the stage takes
 about 360 s instead of 460 s on 2 cores in float32 (2026-11-27).
 
-CLIP's forward pass runs in bfloat16 where the CPU has it natively (``precision: auto``; AVX512-BF16 or AMX):
-the step is 1.4-1.5x faster (0.36 vs 0.54 s on 1 thread, 0.22 vs 0.30 s on 2) and the stage took 374 s instead
-of 455-500 s, with the same zero-shot accuracy (36.7 % vs 37.3 % on 4000 fresh images, one training run each,
-2026-12-03). On an AVX2-only CPU bf16 is emulated and 6x slower than float32, so ``auto`` stays in float32 there.
+``backbones.clip.pretrain.precision: bf16`` (or ``auto``: bf16 where the CPU has it natively, AVX512-BF16 or AMX)
+runs CLIP's forward pass in bfloat16, the contrastive loss in float32: the step is 1.4-1.5x faster (0.36 vs 0.54 s
+on 1 thread, 0.22 vs 0.30 s on 2; CLIP's part of the stage 327-358 s instead of 502 s). The toy preset keeps
+``fp32``: the result is another CLIP, and the toy's results move with it (2026-12-03: toy_open PQ 29.3 instead of
+30.5, within the 29.8-30.7 of two other float32 runs at its low edge, but Table IV(a)'s unseen-class gain of TeVA,
++1.9 with the float32 CLIP, was -0.7). On an AVX2-only CPU bf16 is emulated and 6x slower than float32, so ``auto``
+stays in float32 there.
 """
 from __future__ import annotations
 
@@ -39,10 +42,10 @@ from pipeline.errors import FovsegError
 
 log = logging.getLogger(__name__)
 
-# One toy Mask2Former step (batch 8, 1 thread) costs about 0.53 of a float32 tiny-CLIP step (batch 128, 1 thread)
-# and 0.79 of a bfloat16 one, both running at once with the fused AdamW (2 cores, 2026-12-03: 0.32 s against
-# 0.61 and 0.40 s); the margin above it makes the generator finish before CLIP takes its thread (a third thread
-# on two cores would stall CLIP's OpenMP team).
+# One toy Mask2Former step (batch 8, 1 thread) costs about 0.55 of a float32 tiny-CLIP step (batch 128, 1 thread)
+# (2 cores, 2026-11-27: 0.229 vs 0.414 s) and about 0.8-0.9 of a bfloat16 one when both run at once (2026-12-03,
+# fused AdamW: 0.32 s against 0.35-0.40 s); the margin above it makes the generator finish before CLIP takes its
+# thread (a third thread on two cores would stall CLIP's OpenMP team).
 GENERATOR_TO_CLIP_STEP_COST = {torch.float32: 0.6, torch.bfloat16: 0.85}
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -67,12 +70,6 @@ def pretrain_dtype(precision: str, device: torch.device) -> torch.dtype:
                     "fp32; 'auto' would use fp32 here", device)
     use_bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
     return torch.bfloat16 if use_bf16 else torch.float32
-
-
-def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel per tensor on CPU and CUDA (the generator's step 13 % and the CLIP step 5 %
-    faster on 1 thread, 2026-12-03; the loop of small ops dominates these tiny models' updates)."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
 
 
 @contextmanager
@@ -127,7 +124,7 @@ def pretrain_clip(model_name: str, captions_root: Path, steps: int, batch_size: 
     tokens = tokenizer(captions)
     size = model.visual.image_size[0]
     mean, std = pixel_stats(*clip_input_stats(model), device)
-    opt = adamw(model.parameters(), lr, weight_decay, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     loss_fn = ClipLoss()
     gen = torch.Generator().manual_seed(seed)
@@ -187,7 +184,7 @@ def pretrain_mask2former(train: BenchmarkDataset, image_size: int, steps: int, b
 
     torch.manual_seed(seed)
     model = build_mask2former("fovseg-tiny", image_size, random_init=True).to(device).train()
-    opt = adamw(model.parameters(), lr, weight_decay, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     mean, std = pixel_stats(IMAGENET_MEAN, IMAGENET_STD, device)
     gen = torch.Generator().manual_seed(seed)

@@ -8,11 +8,16 @@ import pytest
 import torch
 
 import pipeline.backbones as backbones
-from pipeline.backbones import (ThreadSchedule, adamw, autocast_step, in_background, native_bf16, pretrain_dtype,
-                                pretrain_toy_backbones)
+from pipeline.backbones import (
+    ThreadSchedule,
+    autocast_step,
+    in_background,
+    native_bf16,
+    pretrain_dtype,
+    pretrain_toy_backbones,
+)
 from pipeline.config import params_from_dict
-from pipeline.errors import ParamsError
-from pipeline.errors import FovsegError
+from pipeline.errors import FovsegError, ParamsError
 
 
 def sleep_then_return(seconds: float) -> float:
@@ -121,8 +126,3 @@ def test_clip_metrics_name_the_precision_used(toy_root, tmp_path, monkeypatch):
     assert len(curve) == 2 and all(torch.isfinite(torch.tensor(curve)))
     state = torch.load(tmp_path / "clip.pt", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in state.values())  # saved weights stay float32
-
-
-def test_adamw_is_fused_on_cpu():
-    p = torch.nn.Parameter(torch.zeros(3))
-    assert adamw([p], 1e-3, 0.1, CPU).defaults["fused"] is True
