@@ -26,7 +26,7 @@ import traceback
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, get_args
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from models.clip_backbone import build_clip, clip_input_stats
 from models.generators import build_mask2former
+from pipeline.config import Precision
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import get_benchmark
 from pipeline.data.toy import TOY_CLASSES, load_captions, render_scene
@@ -44,10 +45,10 @@ log = logging.getLogger(__name__)
 
 # One toy Mask2Former step (batch 8, 1 thread) costs about 0.55 of a float32 tiny-CLIP step (batch 128, 1 thread)
 # (2 cores, 2026-11-27: 0.229 vs 0.414 s) and about 0.8-0.9 of a bfloat16 one when both run at once (2026-12-03,
-# fused AdamW: 0.32 s against 0.35-0.40 s); the margin above it makes the generator finish before CLIP takes its
-# thread (a third thread on two cores would stall CLIP's OpenMP team).
+# measured with fused AdamW, since dropped: 0.32 s against 0.35-0.40 s); the margin above it makes the generator
+# finish before CLIP takes its thread (a third thread on two cores would stall CLIP's OpenMP team).
 GENERATOR_TO_CLIP_STEP_COST = {torch.float32: 0.6, torch.bfloat16: 0.85}
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = get_args(Precision)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -65,11 +66,13 @@ def pretrain_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The autocast dtype of a pre-training step: ``auto`` is bfloat16 where :func:`native_bf16`, else float32."""
     if precision not in PRECISIONS:
         raise FovsegError(f"backbones.clip.pretrain.precision: {precision!r} is not one of {list(PRECISIONS)}")
-    if precision == "bf16" and not native_bf16(device):
+    if precision == "fp32":
+        return torch.float32
+    native = native_bf16(device)
+    if precision == "bf16" and not native:
         log.warning("backbones.clip.pretrain.precision: bf16 on %s is emulated (no native bfloat16): slower than "
                     "fp32; 'auto' would use fp32 here", device)
-    use_bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
-    return torch.bfloat16 if use_bf16 else torch.float32
+    return torch.bfloat16 if precision == "bf16" or native else torch.float32
 
 
 @contextmanager

@@ -113,13 +113,16 @@ class PretrainParams:
         _check(0 <= self.weight_decay < 1, f"{key}.weight_decay", "must be in [0, 1)")
 
 
+Precision = Literal["fp32", "bf16", "auto"]
+
+
 @dataclass(frozen=True)
 class ClipPretrainParams(PretrainParams):
     """The toy CLIP's pre-training; ``precision``: the forward pass in ``fp32``, ``bf16`` (autocast; 1.4x faster
     on a CPU with native bf16, another CLIP) or ``auto`` (bf16 where the device computes it natively: AVX512-BF16
     or AMX CPUs, Ampere+ GPUs; else fp32)."""
 
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    precision: Precision = "fp32"
 
 
 @dataclass(frozen=True)
