@@ -35,11 +35,9 @@ endif
 .PHONY: install demo test test-all lint mlflow-ui plots
 install: $(BIN)/fovseg
 
-# `dvc repro`, with the proposal stages side by side and the sweep stages beside train/evaluate
-# (pipeline/parallel_repro.py);
-# `dvc repro` alone gives the same results, one stage at a time.
+# the whole pipeline on the toy preset: plain `dvc repro`
 demo: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pipeline.parallel_repro
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 	@echo "Results: reports/README.md (tables beside the paper's numbers), reports/figures/, metrics/."
 	@echo "Compare runs: make mlflow-ui (http://127.0.0.1:5000). Your own images: .venv/bin/fovseg predict IMAGES --classes \"red circle, blue cross\""
 

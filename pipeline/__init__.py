@@ -1,5 +1,1 @@
-"""FOV-Seg reference pipeline. Importing the package sets the CPU thread defaults (pipeline/threads.py)
-before any of its modules loads torch."""
-from pipeline.threads import configure_threads
-
-configure_threads()
+"""FOV-Seg reference pipeline: the library the DVC stages (``stages/``) and the ``fovseg`` command use."""

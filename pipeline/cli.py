@@ -7,84 +7,141 @@
 - ``fovseg preset {toy,paper,paper_coco_stuff}``: switch params.yaml to a preset (refuses to overwrite edits).
 - ``fovseg evaluate --gt_json_file ... --pred_json_file ...`` (panoptic) or ``--gt_folder --pred_folder --vocab``
   (semantic): score a prediction folder, no model needed (see ``fovseg evaluate -h``).
-- ``fovseg sweep GRID``: run a Table IV / Fig. 9 ablation grid on Ray Tune (resumable; see pipeline/sweeps/).
+- ``fovseg sweep GRID``: run a Table IV / Fig. 9 ablation grid on Ray Tune (resumable; see pipeline/sweep/grids/).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
+import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
-PRESETS = ("toy", "paper", "paper_coco_stuff")
+from pipeline.data.vocab import packaged_vocabularies  # light: json and pathlib only
 
 
-def preset_text(name: str) -> str:
-    """The packaged preset ``pipeline/presets/<name>.yaml`` (toy.yaml is a copy of the repository's params.yaml)."""
-    return (resources.files("pipeline") / "presets" / f"{name}.yaml").read_text()
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def writable_dir(text: str) -> str:
+    """argparse type: a folder we can write into or create, checked before any model is built. Nothing is
+    created here (a run that fails later leaves no empty folder): the folder, or its nearest existing parent,
+    must be a writable folder."""
+    path = Path(text)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write to {path}: {existing} is a file; choose another folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write to {path} ({exc.strerror or exc} in {existing}); choose "
+                                         "another folder") from None
+    return text
+
+
+
+CLASS_LIST_HELP = ("class names separated by commas or newlines, or @FILE (one name per line, # comments); "
+                   "matched case-insensitively, so each name once")
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml). Run from the "
+                   "repository root, or pass --params, --backbones and --checkpoint")
+    p.add_argument("--backbones", default=None, help="default: the backbones stage's --out in ./dvc.yaml")
+    p.add_argument("--checkpoint", default=None, help="default: model.pt in the train stage's --out in ./dvc.yaml")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="default: the params file's device")
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    """``fovseg predict``'s arguments (run by :func:`pipeline.eval.predict.run_predict`)."""
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quote globs: 'imgs/*.jpg')")
+    p.add_argument("--classes", default=None, help=f'{CLASS_LIST_HELP}, e.g. "red circle, blue square"')
+    p.add_argument("--stuff", default="", help='with --classes: amorphous classes whose regions merge into one '
+                                               'segment, e.g. "grass, sky" (same format as --classes)')
+    p.add_argument("--vocab", default=None, help="instead of --classes: a packaged vocabulary (" +
+                   ", ".join(packaged_vocabularies()) + ") or a vocabulary JSON file in their format")
+    _add_model_arguments(p)
+    p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
+    p.add_argument("--threshold", type=unit_interval, default=0.3,
+                   help="minimum segment score, in [0, 1] (default: 0.3)")
+    p.add_argument("--out", type=writable_dir, default="predictions", help="output folder (default: predictions/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_attention_arguments(p: argparse.ArgumentParser) -> None:
+    """``fovseg attention``'s arguments (run by :func:`pipeline.eval.attention.run_attention`)."""
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--classes", default=None, help=f'at most 12: {CLASS_LIST_HELP}, e.g. "sky, grass"')
+    p.add_argument("--vocab", default=None, help="instead of --classes: a packaged vocabulary or vocabulary JSON "
+                   "file (at most 12 classes)")
+    _add_model_arguments(p)
+    p.add_argument("--out", type=writable_dir, default="attention", help="output folder (default: attention/)")
 
 
 def set_preset(args: argparse.Namespace) -> None:
-    """Write a preset into params.yaml, never losing edits: a params.yaml that is not exactly one of the
-    packaged presets is refused, or with ``--force`` kept as ``params.yaml.<time>.bak``."""
+    """Write preset ``args.name`` (the schema's defaults with ``pipeline/presets/<name>.yaml``) into params.yaml,
+    never losing edits: a params.yaml whose values are not exactly one of the presets is refused, or with
+    ``--force`` kept first as ``params.yaml.<time>.bak`` (a new name every time)."""
+    from pipeline.config import to_dict
+    from pipeline.data.formats import atomic_path
     from pipeline.errors import ParamsError
+    from pipeline.params_file import read_params_yaml
+    from pipeline.presets import preset_names, preset_params, render_params
 
     target = Path(args.params)
-    new = preset_text(args.name)
+    new = render_params(args.name)
     if target.exists():
-        current = target.read_text()
-        if current == new:
+        try:
+            current = read_params_yaml(target)
+        except ParamsError:
+            current = None  # unreadable: an edit like any other
+        if current == to_dict(preset_params(args.name)) and target.read_text() == new:
             print(f"{target} already holds the {args.name} preset")
             return
-        if current not in {preset_text(n) for n in PRESETS}:
-            backup = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
-            if not getattr(args, "force", False):
-                raise ParamsError(f"{target} has edits that are in no preset (it differs from every "
-                                  "pipeline/presets/*.yaml); switching would lose them. Keep them with "
-                                  f"`git commit` or `cp {target} my-params.yaml`, or rerun with --force "
-                                  f"(your file is then kept as {backup.name})")
+        if not any(current == to_dict(preset_params(n)) for n in preset_names()):
+            if not args.force:
+                raise ParamsError(f"{target} has edits that are in no preset (its values differ from every "
+                                  f"preset: {', '.join(preset_names())}); switching would lose them. Keep them "
+                                  f"with `git commit` or `cp {target} my-params.yaml`, or rerun with --force "
+                                  f"(your file is then kept as {target.name}.<time>.bak)")
+            backup = _unused(target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak"))
             shutil.copy2(target, backup)
             print(f"your edited {target} is kept as {backup}")
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        tmp.write_text(new)
     print(f"{target} now holds the {args.name} preset")
 
 
-_SWEEP_PATHS = ("backbones", "proposals_root", "out", "storage", "metrics")
-
-
-def _sweep_paths_from_dvc_yaml(args: argparse.Namespace, name: str) -> None:
-    """Unset path options default to what dvc.yaml's ``sweep@<grid>`` stage passes (for this grid)."""
-    import yaml
-
-    from pipeline.dvcfile import command, stages
-    from pipeline.errors import FovsegError
-
-    if all(getattr(args, k) is not None for k in _SWEEP_PATHS):
-        return
-    if not Path("dvc.yaml").is_file():
-        raise FovsegError("no dvc.yaml here to find the pipeline's outputs: run from the repository root or pass "
-                          + ", ".join(f"--{k.replace('_', '-')}" for k in _SWEEP_PATHS))
-    raw = yaml.safe_load(Path(args.params).read_text()) or {}
-    raw.setdefault("sweep", {})["grids"] = [name]
-    _, argv = command(stages(raw, Path("dvc.yaml"))[f"sweep@{name}"])
-    for k in _SWEEP_PATHS:
-        if getattr(args, k) is None:
-            setattr(args, k, argv[argv.index(f"--{k.replace('_', '-')}") + 1])
+def _unused(path: Path) -> Path:
+    """``path``, or ``path`` with ``.1``, ``.2``, ... inserted before its suffix, whichever does not exist yet."""
+    n, candidate = 0, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+    return candidate
 
 
 def sweep(args: argparse.Namespace) -> dict:
     from pipeline.config import load_params
-    from pipeline.sweep import SweepOptions, load_grid, run_sweep
+    from pipeline.sweep.runner import SweepOptions, load_grid, run_sweep
 
     params = load_params(args.params)
     name = load_grid(args.grid, params).name  # a packaged grid name or a grid file; errors before anything runs
-    _sweep_paths_from_dvc_yaml(args, name)
-    opts = SweepOptions(out=Path(args.out), storage=Path(args.storage), metrics=Path(args.metrics),
+    from pipeline.outputs import sweep_paths
+
+    sweep_paths(args, name)
+    opts = SweepOptions(out=Path(args.out), storage=Path(args.storage or f"{args.out}/ray"), metrics=Path(args.metrics),
                         backbones=Path(args.backbones), proposals_root=Path(args.proposals_root),
                         address=args.address, max_concurrent=args.max_concurrent,
                         seeds=tuple(args.seeds) if args.seeds else None)
@@ -97,12 +154,12 @@ def sweep(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["evaluate"]:  # dispatched before the heavy imports below: evaluate starts in a blink
-        from pipeline.score import main as evaluate_main
+        from pipeline.eval.score import main as evaluate_main
 
         evaluate_main(argv[1:])
         return
-    from pipeline.cli_args import add_attention_arguments, add_predict_arguments  # light: no torch
     from pipeline.errors import FovsegError
+    from pipeline.presets import preset_names
 
     ap = argparse.ArgumentParser(prog="fovseg", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -113,11 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("evaluate", help="score a prediction folder against ground truth (PQ or mIoU); "
                                     "see `fovseg evaluate -h`", add_help=False)
     s = sub.add_parser("preset", help="switch params.yaml to a preset (refuses to overwrite edits)")
-    s.add_argument("name", choices=PRESETS)
+    s.add_argument("name", choices=preset_names())
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--force", action="store_true", help="switch even if params.yaml has edits (kept as a .bak)")
     w = sub.add_parser("sweep", help="run an ablation grid (Table IV / Fig. 9) on Ray Tune")
-    w.add_argument("grid", help="grid name (pipeline/sweeps/<grid>.yaml) or a grid YAML file")
+    w.add_argument("grid", help="grid name (pipeline/sweep/grids/<grid>.yaml) or a grid YAML file")
     w.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else local)")
     w.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: sweep.max_concurrent)")
     w.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: sweep.seeds)")
@@ -128,16 +185,16 @@ def main(argv: list[str] | None = None) -> None:
         w.add_argument(f"--{k}", default=None, help="default: what dvc.yaml's sweep@<grid> stage passes")
     args = ap.parse_args(argv)
     if args.command != "preset":
-        from pipeline.runtime import setup_logging  # imports torch: after parsing, so --help answers at once
+        from pipeline.console import setup_logging
 
         setup_logging()
     try:
         if args.command == "predict":
-            from pipeline.predict import run_predict
+            from pipeline.eval.predict import run_predict
 
             run_predict(args)
         elif args.command == "attention":
-            from pipeline.attention import run_attention
+            from pipeline.eval.attention import run_attention
 
             run_attention(args)
         elif args.command == "sweep":

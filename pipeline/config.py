@@ -1,33 +1,46 @@
-"""Typed, validated parameters: params.yaml -> frozen dataclasses.
+"""Typed, validated parameters: params.yaml -> frozen pydantic models.
 
-The dataclass defaults are the toy preset, equal to the repository's params.yaml (a test checks it), so
-there is one set of defaults; the paper preset (pipeline/presets/paper.yaml) overrides them.
-
-Every section is a dataclass; :func:`load_params` refuses unknown keys, wrong types and
-out-of-range values with an error that names the full key path (``train.lr``) and the file.
+Every default value is written here, once: ``params.yaml`` is this schema rendered for the toy preset
+(:func:`render_params`; a test keeps them equal) and the presets (``pipeline/presets/<name>.yaml``) override only
+the keys they change. Loading is strict: every key must be in the file (a missing key is an error naming it,
+never a silent default), unknown keys, wrong types and out-of-range values are errors that name the key path,
+the value, the allowed range and the file.
 """
 from __future__ import annotations
 
-import dataclasses
-import re
 import string
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.errors import ParamsError  # noqa: F401  (re-exported)
+from pipeline.errors import ParamsError
+from pipeline.params_file import describe, missing_keys, read_params_yaml
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed's range
-MAX_ITERATIONS = 100_000_000
+Precision = Literal["fp32", "bf16", "auto"]
+
+
+def _as_tuple(value: Any) -> Any:
+    """YAML lists become tuples (frozen params); anything else is left for the type check to refuse."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def Seq(item: Any) -> Any:  # noqa: N802 - a type alias factory
+    """A YAML list of ``item`` (kept as a tuple)."""
+    return Annotated[tuple[item, ...], BeforeValidator(_as_tuple)]
+
+
+class Section(BaseModel):
+    """A params section: frozen, unknown keys refused, no type coercion (``"1"`` is not a number, ``1`` not a
+    boolean)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
-        raise ParamsError(f"{key}: {msg}")
+        raise ValueError(f"{key}: {msg}")
 
 
 def _check_template(template: str, key: str) -> None:
@@ -35,436 +48,319 @@ def _check_template(template: str, key: str) -> None:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise ParamsError(f"{key}: {template!r} is not a valid template ({exc}); write the class name "
-                          "placeholder as {} and double other braces ({{ }})") from None
+        raise ValueError(f"{key}: {template!r} is not a valid template ({exc}); write the class name "
+                         "placeholder as {} and double other braces ({{ }})") from None
     _check(fields == [""], key, f"{template!r} must contain exactly one '{{}}' placeholder (the class name) "
                                 "and no other {...} field")
 
 
-def _check_clip_model(name: str, key: str) -> None:
-    """The CLIP name must be an open_clip model or one of models/configs (checked before any stage runs)."""
-    from models.clip_backbone import CONFIG_DIR
-
-    local = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-    if name in local:
-        return
-    import open_clip  # ~1 s: only for names that are not ours
-
-    _check(name in open_clip.list_models(), key,
-           f"unknown CLIP model {name!r}; local configs: {local}; list the open_clip names with "
-           "`python -c \"import open_clip; print(open_clip.list_models())\"`")
-
-
 # ----------------------------------------------------------------------------- sections
-@dataclass(frozen=True)
-class ToyWorldParams:
+class RuntimeParams(Section):
+    threads: int = Field(0, ge=0, le=1024, description="CPU threads per stage process; 0 = torch's default")
+
+
+class ToyWorldParams(Section):
     """Sizes of the generated shapes world (see pipeline.data.toy)."""
 
-    seed: int = 0
-    image_size: int = 96
-    n_train: int = 480
-    n_val: int = 256
-    n_open: int = 256
-    n_captions: int = 12000
-    max_things: int = 3
-
-    def validate(self, key: str) -> None:
-        _check(0 <= self.seed <= MAX_SEED, f"{key}.seed", f"must be in [0, {MAX_SEED}]")
-        _check(32 <= self.image_size <= 1024, f"{key}.image_size", "must be in [32, 1024]")
-        for name in ("n_train", "n_val", "n_open", "n_captions"):
-            _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        _check(1 <= self.max_things <= 12, f"{key}.max_things", "must be in [1, 12]")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    image_size: int = Field(96, ge=32, le=1024)
+    n_train: int = Field(480, ge=1, le=1_000_000)
+    n_val: int = Field(256, ge=1, le=1_000_000, description="256 evaluation images: a PQ resampling error well "
+                                                             "under the ablation gaps")
+    n_open: int = Field(256, ge=1, le=1_000_000)
+    n_captions: int = Field(12000, ge=1, le=10_000_000)
+    max_things: int = Field(3, ge=1, le=12)
 
 
-@dataclass(frozen=True)
-class DataParams:
-    root: str = ""  # "" = $DETECTRON2_DATASETS, else datasets/
+class DataParams(Section):
+    root: str = Field("", description='"" = $DETECTRON2_DATASETS, else datasets/')
     train_benchmark: str = "toy_train"
-    eval_benchmarks: tuple[str, ...] = ("toy_val", "toy_open", "toy_open_large")
-    download: tuple[str, ...] = ("toy",)
-    toy: ToyWorldParams = field(default_factory=ToyWorldParams)
+    eval_benchmarks: Seq(str) = ("toy_val", "toy_open", "toy_open_large")
+    download: Seq(str) = Field(("toy",), description="datasets the download stage fetches or verifies")
+    toy: ToyWorldParams = Field(default_factory=ToyWorldParams)
 
-    def validate(self, key: str) -> None:
+    @model_validator(mode="after")
+    def _known_names(self) -> DataParams:
         from pipeline.data.registry import BENCHMARKS, DOWNLOADABLE
 
-        _check(self.train_benchmark in BENCHMARKS, f"{key}.train_benchmark",
+        _check(self.train_benchmark in BENCHMARKS, "train_benchmark",
                f"unknown benchmark {self.train_benchmark!r}; valid: {sorted(BENCHMARKS)}")
+        _check(len(self.eval_benchmarks) >= 1, "eval_benchmarks", "needs at least one benchmark")
         for name in self.eval_benchmarks:
-            _check(name in BENCHMARKS, f"{key}.eval_benchmarks",
-                   f"unknown benchmark {name!r}; valid: {sorted(BENCHMARKS)}")
+            _check(name in BENCHMARKS, "eval_benchmarks", f"unknown benchmark {name!r}; valid: {sorted(BENCHMARKS)}")
+        _check(len(set(self.eval_benchmarks)) == len(self.eval_benchmarks), "eval_benchmarks", "lists a benchmark "
+               "twice")
         for name in self.download:
-            _check(name in DOWNLOADABLE, f"{key}.download", f"unknown dataset {name!r}; valid: {sorted(DOWNLOADABLE)}")
-        self.toy.validate(f"{key}.toy")
+            _check(name in DOWNLOADABLE, "download", f"unknown dataset {name!r}; valid: {sorted(DOWNLOADABLE)}")
+        return self
 
 
-@dataclass(frozen=True)
-class PretrainParams:
+class PretrainParams(Section):
     """Toy-preset pre-training of a backbone (ignored when weights are fetched)."""
 
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-
-    def validate(self, key: str) -> None:
-        _check(self.steps >= 1, f"{key}.steps", "must be >= 1")
-        _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-        _check(0 < self.lr < 1, f"{key}.lr", "must be in (0, 1)")
-        _check(0 <= self.weight_decay < 1, f"{key}.weight_decay", "must be in [0, 1)")
+    steps: int = Field(ge=1, le=10_000_000)
+    batch_size: int = Field(ge=1, le=65536)
+    lr: float = Field(gt=0, lt=1)
+    weight_decay: float = Field(ge=0, lt=1)
 
 
-Precision = Literal["fp32", "bf16", "auto"]
-
-
-@dataclass(frozen=True)
 class ClipPretrainParams(PretrainParams):
-    """The toy CLIP's pre-training; ``precision``: the forward pass in ``fp32``, ``bf16`` (autocast; 1.4x faster
-    on a CPU with native bf16, another CLIP) or ``auto`` (bf16 where the device computes it natively: AVX512-BF16
-    or AMX CPUs, Ampere+ GPUs; else fp32)."""
-
-    precision: Precision = "fp32"
-
-
-@dataclass(frozen=True)
-class ClipParams:
-    model: str = "fovseg-tiny"  # an open_clip model name or one of models/configs
-    pretrained: str = ""  # open_clip tag, local checkpoint path, or "" (toy: pre-trained by the pipeline)
-    image_size: int = 64  # classifier input size; position embeddings are interpolated
-    pretrain: ClipPretrainParams = field(default_factory=ClipPretrainParams)
-
-    def validate(self, key: str) -> None:
-        _check_clip_model(self.model, f"{key}.model")
-        _check(16 <= self.image_size <= 2048, f"{key}.image_size", "must be in [16, 2048]")
-        self.pretrain.validate(f"{key}.pretrain")
+    steps: int = Field(1000, ge=1, le=10_000_000)
+    batch_size: int = Field(128, ge=1, le=65536)
+    lr: float = Field(0.002, gt=0, lt=1)
+    weight_decay: float = Field(0.1, ge=0, lt=1)
+    precision: Precision = Field("fp32", description="bf16/auto: faster where bf16 is native, another CLIP "
+                                                     "(docs/choices.md)")
 
 
-@dataclass(frozen=True)
-class GeneratorParams:
-    source: Literal["pretrain", "hub"] = "pretrain"
-    name: str = "fovseg-tiny"  # hub id / local dir (source=hub) or a models/configs name (pretrain)
-    image_size: int = 96
-    pretrain: PretrainParams = field(default_factory=lambda: PretrainParams(steps=1000, batch_size=8, lr=3e-4,
-                                                                             weight_decay=0.05))
-
-    def validate(self, key: str) -> None:
-        _check(self.source in ("pretrain", "hub"), f"{key}.source", "must be 'pretrain' or 'hub'")
-        _check(32 <= self.image_size <= 2048, f"{key}.image_size", "must be in [32, 2048]")
-        self.pretrain.validate(f"{key}.pretrain")
+class GeneratorPretrainParams(PretrainParams):
+    steps: int = Field(1000, ge=1, le=10_000_000)
+    batch_size: int = Field(8, ge=1, le=65536)
+    lr: float = Field(0.0003, gt=0, lt=1)
+    weight_decay: float = Field(0.05, ge=0, lt=1)
 
 
-@dataclass(frozen=True)
-class BackbonesParams:
-    clip: ClipParams = field(default_factory=ClipParams)
-    generator: GeneratorParams = field(default_factory=GeneratorParams)
+class ClipParams(Section):
+    model: str = Field("fovseg-tiny", description="an open_clip model name or one of models/configs")
+    pretrained: str = Field("", description='open_clip tag or local file; "" = pre-trained on the toy captions '
+                                            "by the backbones stage")
+    image_size: int = Field(64, ge=16, le=2048, description="classifier input R (R x R); position embeddings "
+                                                            "interpolated")
+    pretrain: ClipPretrainParams = Field(default_factory=ClipPretrainParams)
 
-    def validate(self, key: str) -> None:
-        self.clip.validate(f"{key}.clip")
-        self.generator.validate(f"{key}.generator")
+    @model_validator(mode="after")
+    def _known_model(self) -> ClipParams:
+        import models  # the package only: models/configs holds the local CLIP configs
 
+        local = sorted(p.stem for p in (Path(models.__file__).parent / "configs").glob("*.json"))
+        if self.model not in local:
+            import open_clip  # ~1 s: only for names that are not ours
 
-@dataclass(frozen=True)
-class ProposalsParams:
-    max_proposals: int = 16
-    mask_threshold: float = 0.5
-    min_area: int = 16
-    batch_size: int = 16
-    short_side: int = 96  # generator input: aspect-preserving resize (paper: Mask2Former's test 800 / 1333)
-    max_side: int = 160
-
-    def validate(self, key: str) -> None:
-        _check(32 <= self.short_side <= self.max_side <= 4096, f"{key}.short_side",
-               "need 32 <= short_side <= max_side <= 4096")
-        _check(1 <= self.max_proposals <= 1000, f"{key}.max_proposals", "must be in [1, 1000]")
-        _check(0 < self.mask_threshold < 1, f"{key}.mask_threshold", "must be in (0, 1)")
-        _check(self.min_area >= 0, f"{key}.min_area", "must be >= 0")
-        _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+            _check(self.model in open_clip.list_models(), "model",
+                   f"unknown CLIP model {self.model!r}; local configs: {local}; list the open_clip names with "
+                   "`python -c \"import open_clip; print(open_clip.list_models())\"`")
+        return self
 
 
-@dataclass(frozen=True)
-class TevaParams:
-    target_attention: bool = True  # Mask-Target x-att: mask tokens x target-class text embeddings (g_q, g_k, g_v)
-    image_attention: bool = True  # Mask-Image x-att (eq. 7); false = MaskCLIP's mask attention (+ self key)
-    train_targets: Literal["image", "vocabulary"] = "image"  # [TGT] in training: gt classes per image | vocab
-    width: int = 0  # g_q/g_k/g_v width; 0 = CLIP's width, else a bottleneck ("lightweight" TeVA)
-    shared: bool = False  # one set of g projections shared by all blocks
-
-    def validate(self, key: str) -> None:
-        _check(self.width >= 0, f"{key}.width", "must be >= 0 (0 = CLIP's width)")
+class GeneratorParams(Section):
+    source: Literal["pretrain", "hub"] = Field("pretrain", description="pretrain: the toy Mask2Former of the "
+                                                                        "backbones stage; hub: pretrained weights")
+    name: str = Field("fovseg-tiny", description="hub id / local folder (source: hub) or a models/configs name")
+    image_size: int = Field(96, ge=32, le=2048)
+    pretrain: GeneratorPretrainParams = Field(default_factory=GeneratorPretrainParams)
 
 
-@dataclass(frozen=True)
-class FiserParams:
+class BackbonesParams(Section):
+    clip: ClipParams = Field(default_factory=ClipParams)
+    generator: GeneratorParams = Field(default_factory=GeneratorParams)
+
+
+class ProposalsParams(Section):
+    max_proposals: int = Field(16, ge=1, le=1000)
+    mask_threshold: float = Field(0.5, gt=0, lt=1, description="sigmoid threshold of the generator's masks")
+    min_area: int = Field(16, ge=0, le=10_000_000, description="proposals smaller than this (pixels) are dropped")
+    batch_size: int = Field(16, ge=1, le=1024)
+    short_side: int = Field(96, ge=32, le=4096, description="generator input: aspect-preserving resize "
+                                                            "(paper: 800 / 1333)")
+    max_side: int = Field(160, ge=32, le=4096)
+
+    @model_validator(mode="after")
+    def _sides(self) -> ProposalsParams:
+        _check(self.short_side <= self.max_side, "short_side", f"{self.short_side} must be <= max_side "
+               f"({self.max_side})")
+        return self
+
+
+class TevaParams(Section):
+    target_attention: bool = Field(True, description="Mask-Target x-att: mask tokens x target-class text "
+                                                     "embeddings (g_q, g_k, g_v)")
+    image_attention: bool = Field(True, description="Mask-Image x-att (eq. 7); false = MaskCLIP's mask "
+                                                    "attention (+ self key)")
+    train_targets: Literal["image", "vocabulary"] = Field("image", description="[TGT] in training: each image's "
+                                                                              "classes | the vocabulary")
+    width: int = Field(0, ge=0, le=65536, description="g_q/g_k/g_v width; 0 = CLIP's width, else a bottleneck")
+    shared: bool = Field(False, description="one set of g projections shared by all blocks")
+
+
+class FiserParams(Section):
     enabled: bool = True
-    variant: Literal["text_encoder", "embedding"] = "text_encoder"  # eq. 2 through CLIP's text encoder | ablation
-    candidates: Literal["image", "vocabulary"] = "image"  # eq. 6's softmax: the image's K classes | all classes
-    layers: int = 2
-    heads: int = 4
-
-    def validate(self, key: str) -> None:
-        _check(1 <= self.layers <= 12, f"{key}.layers", "must be in [1, 12]")
-        _check(self.heads >= 1, f"{key}.heads", "must be >= 1")
+    variant: Literal["text_encoder", "embedding"] = Field("text_encoder", description="eq. 2 through CLIP's "
+                                                                                     "text encoder | ablation")
+    candidates: Literal["image", "vocabulary"] = Field("image", description="eq. 6's softmax: the image's K "
+                                                                            "classes | every class")
+    layers: int = Field(2, ge=1, le=12, description="Predictor depth")
+    heads: int = Field(4, ge=1, le=64)
 
 
-@dataclass(frozen=True)
-class ModelParams:
-    teva: TevaParams = field(default_factory=TevaParams)
-    adapter_layers: int = 2
-    adapter_channels: int = 16
-    fiser: FiserParams = field(default_factory=FiserParams)
-    trainable: str = "q"  # q, k, v, q+k, q+v, q+k+v, mlp, all, lora:<rank>
-    tune_text: bool = False
-    tune_generator: bool = False  # Table IV(b): train the mask generator online (pipeline/generator_training.py)
-    templates: tuple[str, ...] = ("a photo of a {}.", "a {} on the ground.", "there is a {} in the scene.")
-    synonyms: bool = True  # every synonym of a class (averaged) | only its name (the paper: "category names")
+class ModelParams(Section):
+    teva: TevaParams = Field(default_factory=TevaParams)
+    adapter_layers: int = Field(2, ge=0, le=3, description="Distribution Adapter convs (Table IV(f)); 0 = none")
+    adapter_channels: int = Field(16, ge=1, le=4096)
+    fiser: FiserParams = Field(default_factory=FiserParams)
+    trainable: str = Field("q", description="CLIP weights that train: q, k, v, q+k, q+v, q+k+v, mlp, all, "
+                                            "lora:<rank>")
+    tune_text: bool = Field(False, description="Table IV(b): train the text tower too")
+    tune_generator: bool = Field(False, description="Table IV(b): train the mask generator online")
+    templates: Seq(str) = Field(("a photo of a {}.", "a {} on the ground.", "there is a {} in the scene."),
+                                description="prompt templates, averaged ({} = the class name)")
+    synonyms: bool = Field(True, description="every synonym of a class (averaged) | only its name")
 
-    def validate(self, key: str) -> None:
+    @model_validator(mode="after")
+    def _selection_and_templates(self) -> ModelParams:
         from models.trainable import SELECTIONS, parse_selection
 
-        _check(0 <= self.adapter_layers <= 3, f"{key}.adapter_layers", "must be in [0, 3]")
-        _check(self.adapter_channels >= 1, f"{key}.adapter_channels", "must be >= 1")
         try:
             parse_selection(self.trainable)
         except ValueError as exc:
-            raise ParamsError(f"{key}.trainable: {exc}; valid: {SELECTIONS} or lora:<rank>") from None
-        _check(len(self.templates) >= 1, f"{key}.templates", "needs at least one template with a '{}' placeholder")
+            raise ValueError(f"trainable: {exc}; valid: {SELECTIONS} or lora:<rank>") from None
+        _check(len(self.templates) >= 1, "templates", "needs at least one template with a '{}' placeholder")
         for i, template in enumerate(self.templates):
-            _check_template(template, f"{key}.templates[{i}]")
-        self.fiser.validate(f"{key}.fiser")
-        self.teva.validate(f"{key}.teva")
+            _check_template(template, f"templates[{i}]")
+        return self
 
 
-@dataclass(frozen=True)
-class LossWeights:
-    fiser: float = 1.0
-    ce: float = 2.0
-    generator: float = 1.0  # Mask2Former's own loss sum, with model.tune_generator only
-
-    def validate(self, key: str) -> None:
-        _check(self.fiser >= 0 and self.ce >= 0 and self.generator >= 0, key, "loss weights must be >= 0")
+class LossWeights(Section):
+    fiser: float = Field(1.0, ge=0, le=1000, description="lambda_FiSeR (eq. 12)")
+    ce: float = Field(2.0, ge=0, le=1000, description="lambda_CE (eq. 12)")
+    generator: float = Field(1.0, ge=0, le=1000, description="Mask2Former's own loss (model.tune_generator)")
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    iterations: int = 1000
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    backbone_lr_mult: float = 1.0
-    warmup_iters: int = 20
+class TrainParams(Section):
+    iterations: int = Field(1000, ge=1, le=100_000_000)
+    batch_size: int = Field(8, ge=1, le=65536, description="the global batch (split over train.gpus)")
+    lr: float = Field(0.001, gt=0, lt=1)
+    weight_decay: float = Field(0.05, ge=0, lt=1)
+    backbone_lr_mult: float = Field(1.0, ge=0, le=10, description="lr factor of CLIP's own weights (paper 0.1; "
+                                                                  "the toy's 1k iterations are short)")
+    warmup_iters: int = Field(20, ge=0, le=100_000_000)
     schedule: Literal["poly", "cosine", "constant"] = "poly"
-    clip_grad_norm: float = 0.0  # > 0: clip the L2 norm of all gradients together (MaskCLIP: 0.01); 0 = off
-    lsj_min_scale: float = 0.5
-    lsj_max_scale: float = 1.5
-    crop_size: int = 96
-    checkpoint_every: int = 100
-    amp: bool = True  # used only on CUDA
-    loss_weights: LossWeights = field(default_factory=LossWeights)
-    assign_iou: float = 0.5  # a proposal learns the class of the gt segment it overlaps by IoU >= this
+    clip_grad_norm: float = Field(0.0, ge=0, le=1e6, description="> 0: clip the L2 norm of all gradients "
+                                                                  "(MaskCLIP: 0.01); 0 = off")
+    lsj_min_scale: float = Field(0.5, gt=0, le=10)
+    lsj_max_scale: float = Field(1.5, gt=0, le=10)
+    crop_size: int = Field(96, ge=16, le=8192)
+    checkpoint_every: int = Field(100, ge=1, le=100_000_000)
+    amp: bool = Field(True, description="mixed precision on CUDA (bf16 where native)")
+    loss_weights: LossWeights = Field(default_factory=LossWeights)
+    assign_iou: float = Field(0.5, gt=0, le=1, description="a proposal learns the class of the gt segment it "
+                                                           "overlaps by IoU >= this")
     mask_source: Literal["proposals", "gt", "both"] = "both"
-    max_masks: int = 24
-    num_workers: int = 0
-    log_every: int = 10
-    gpus: int = 1  # > 1: the train stage relaunches itself under torchrun; batch_size stays global
-    data_fraction: float = 1.0  # train on a fixed deterministic subset of the training images (Fig. 9)
+    max_masks: int = Field(24, ge=1, le=10000)
+    num_workers: int = Field(0, ge=0, le=256)
+    log_every: int = Field(10, ge=1, le=100_000_000)
+    gpus: int = Field(1, ge=1, le=64, description="> 1: torchrun through `dvc repro`")
+    data_fraction: float = Field(1.0, gt=0, le=1, description="a fixed subset of the training images (Fig. 9)")
 
-    def validate(self, key: str) -> None:
-        _check(0 < self.data_fraction <= 1, f"{key}.data_fraction", "must be in (0, 1]")
-        _check(1 <= self.iterations <= MAX_ITERATIONS, f"{key}.iterations", f"must be in [1, {MAX_ITERATIONS}]")
-        _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-        _check(0 < self.lr < 1, f"{key}.lr", "must be in (0, 1)")
-        _check(0 <= self.weight_decay < 1, f"{key}.weight_decay", "must be in [0, 1)")
-        _check(0 <= self.backbone_lr_mult <= 10, f"{key}.backbone_lr_mult", "must be in [0, 10]")
-        _check(self.clip_grad_norm >= 0, f"{key}.clip_grad_norm", "must be >= 0 (0 = no clipping)")
-        _check(0 <= self.warmup_iters <= self.iterations, f"{key}.warmup_iters",
-               f"must be in [0, iterations ({self.iterations})]: a warmup longer than training never reaches the lr")
-        _check(self.schedule in ("poly", "cosine", "constant"), f"{key}.schedule", "must be poly, cosine or constant")
-        _check(0 < self.lsj_min_scale <= self.lsj_max_scale <= 10, f"{key}.lsj_min_scale",
-               "need 0 < lsj_min_scale <= lsj_max_scale <= 10")
-        _check(self.crop_size >= 16, f"{key}.crop_size", "must be >= 16")
-        _check(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
-        _check(0 < self.assign_iou <= 1, f"{key}.assign_iou", "must be in (0, 1]")
-        _check(self.mask_source in ("proposals", "gt", "both"), f"{key}.mask_source", "must be proposals, gt or both")
-        _check(self.max_masks >= 1, f"{key}.max_masks", "must be >= 1")
-        _check(self.num_workers >= 0, f"{key}.num_workers", "must be >= 0")
-        _check(self.log_every >= 1, f"{key}.log_every", "must be >= 1")
-        _check(1 <= self.gpus <= 64, f"{key}.gpus", "must be in [1, 64]")
-        self.loss_weights.validate(f"{key}.loss_weights")
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
+        _check(self.warmup_iters <= self.iterations, "warmup_iters",
+               f"{self.warmup_iters} must be <= iterations ({self.iterations}): a warmup longer than training "
+               "never reaches the lr")
+        _check(self.lsj_min_scale <= self.lsj_max_scale, "lsj_min_scale",
+               f"{self.lsj_min_scale} must be <= lsj_max_scale ({self.lsj_max_scale})")
+        return self
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
-    test_short_side: int = 64  # paper: 800
-    test_max_side: int = 107  # paper: 1333
-    object_threshold: float = 0.3  # Mask2Former-style merging thresholds
-    overlap_threshold: float = 0.6
-    max_images: int = 0  # 0 = all
+class EvaluateParams(Section):
+    test_short_side: int = Field(64, ge=16, le=4096, description="paper: 800")
+    test_max_side: int = Field(107, ge=16, le=8192, description="paper: 1333")
+    object_threshold: float = Field(0.3, ge=0, lt=1, description="panoptic merging: minimum segment score")
+    overlap_threshold: float = Field(0.6, gt=0, le=1, description="panoptic merging: kept fraction of a mask")
+    max_images: int = Field(0, ge=0, le=100_000_000, description="0 = all")
 
-    def validate(self, key: str) -> None:
-        _check(16 <= self.test_short_side <= self.test_max_side, f"{key}.test_short_side",
-               "need 16 <= test_short_side <= test_max_side")
-        _check(0 <= self.object_threshold < 1, f"{key}.object_threshold", "must be in [0, 1)")
-        _check(0 < self.overlap_threshold <= 1, f"{key}.overlap_threshold", "must be in (0, 1]")
-        _check(self.max_images >= 0, f"{key}.max_images", "must be >= 0")
+    @model_validator(mode="after")
+    def _sides(self) -> EvaluateParams:
+        _check(self.test_short_side <= self.test_max_side, "test_short_side",
+               f"{self.test_short_side} must be <= test_max_side ({self.test_max_side})")
+        return self
 
 
-@dataclass(frozen=True)
-class BenchmarkParams:
-    n_images: int = 8
-    n_proposals: int = 100
+class BenchmarkParams(Section):
+    n_images: int = Field(8, ge=1, le=100_000)
+    n_proposals: int = Field(100, ge=1, le=1000)
     small_vocab: str = "toy_open"
     large_vocab: str = "toy_open_large"
 
-    def validate(self, key: str) -> None:
-        _check(self.n_images >= 1, f"{key}.n_images", "must be >= 1")
-        _check(self.n_proposals >= 1, f"{key}.n_proposals", "must be >= 1")
+
+class TrackingParams(Section):
+    experiment: str = Field("fovseg-toy", min_length=1, max_length=200, description="MLflow experiment name")
 
 
-@dataclass(frozen=True)
-class TrackingParams:
-    experiment: str = "fovseg-toy"
+class SweepParams(Section):
+    grids: Seq(str) = Field(("modules",), description="grids `dvc repro` runs (stage sweep@<grid>); "
+                                                      "pipeline/sweep/grids/")
+    seeds: Seq(int) = Field((0, 1), min_length=1)
+    cpus_per_trial: float = Field(1.0, gt=0, le=1024)
+    gpus_per_trial: float = Field(0.0, ge=0, le=64)
+    num_cpus: int = Field(0, ge=0, le=4096, description="CPUs of a local Ray instance; 0 = all")
+    max_concurrent: int = Field(0, ge=0, le=100_000, description="0 = as many as the resources allow")
+    max_failures: int = Field(1, ge=0, le=100, description="retries of a trial that raised")
+
+    @model_validator(mode="after")
+    def _seeds(self) -> SweepParams:
+        _check(len(set(self.seeds)) == len(self.seeds), "seeds", "lists a seed twice")
+        for s in self.seeds:
+            _check(0 <= s <= MAX_SEED, "seeds", f"{s} must be in [0, {MAX_SEED}]")
+        return self
 
 
-@dataclass(frozen=True)
-class SweepParams:
-    """Ablation sweeps on Ray Tune (pipeline.sweep); grids are pipeline/sweeps/<name>.yaml."""
+class Params(Section):
+    preset: Literal["toy", "paper"] = Field("toy", description="which grids rows and report tables apply")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+    data: DataParams = Field(default_factory=DataParams)
+    backbones: BackbonesParams = Field(default_factory=BackbonesParams)
+    proposals: ProposalsParams = Field(default_factory=ProposalsParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    sweep: SweepParams = Field(default_factory=SweepParams)
 
-    grids: tuple[str, ...] = ("modules",)  # what the DVC `sweep` stage runs
-    seeds: tuple[int, ...] = (0, 1)
-    cpus_per_trial: float = 1.0  # fractional allowed
-    gpus_per_trial: float = 0.0  # fractional allowed
-    num_cpus: int = 0  # CPUs of a local Ray instance; 0 = all this process may use (ignored on a cluster)
-    max_concurrent: int = 0  # 0 = as many as the resources allow
-    max_failures: int = 1  # retries of a trial that raised
-
-    def validate(self, key: str) -> None:
-        _check(len(self.grids) >= 1, f"{key}.grids", "needs at least one grid name")
-        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), f"{key}.seeds",
-               "needs at least one seed, without repeats")
-        _check(self.cpus_per_trial > 0, f"{key}.cpus_per_trial", "must be > 0")
-        _check(self.gpus_per_trial >= 0, f"{key}.gpus_per_trial", "must be >= 0")
-        _check(self.num_cpus >= 0, f"{key}.num_cpus", "must be >= 0")
-        _check(self.max_concurrent >= 0, f"{key}.max_concurrent", "must be >= 0")
-        _check(self.max_failures >= 0, f"{key}.max_failures", "must be >= 0")
-
-
-@dataclass(frozen=True)
-class Params:
-    preset: Literal["toy", "paper"] = "toy"
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda
-    data: DataParams = field(default_factory=DataParams)
-    backbones: BackbonesParams = field(default_factory=BackbonesParams)
-    proposals: ProposalsParams = field(default_factory=ProposalsParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
-    tracking: TrackingParams = field(default_factory=TrackingParams)
-    sweep: SweepParams = field(default_factory=SweepParams)
-
-    def validate(self, key: str = "") -> None:
-        _check(self.preset in ("toy", "paper"), "preset", "must be 'toy' or 'paper'")
-        _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
-        _check(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if hasattr(value, "validate"):
-                value.validate(f.name)
+    @model_validator(mode="after")
+    def _benchmark_vocabularies(self) -> Params:
         for key in ("small_vocab", "large_vocab"):
             _check(getattr(self.benchmark, key) in self.data.eval_benchmarks, f"benchmark.{key}",
-                   f"must be one of data.eval_benchmarks {list(self.data.eval_benchmarks)} (its proposals are "
-                   "computed there)")
+                   f"{getattr(self.benchmark, key)!r} must be one of data.eval_benchmarks "
+                   f"{list(self.data.eval_benchmarks)} (its proposals are computed there)")
+        return self
 
 
 # ----------------------------------------------------------------------------- loading
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        _check(isinstance(value, dict), key, f"expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key)
-    if origin is Literal:
-        _check(value in typing.get_args(tp), key, f"must be one of {list(typing.get_args(tp))}, got {value!r}")
-        return value
-    if origin is tuple:
-        _check(isinstance(value, (list, tuple)), key, f"expected a list, got {type(value).__name__}")
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        return tuple(_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is type(None) and value is None:
-                return None
-        return _coerce(next(a for a in typing.get_args(tp) if a is not type(None)), value, key)
-    if tp is bool:
-        _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
-               f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported field type {tp} at {key}")
-
-
-def _build(cls: type, data: dict, prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in data:
-        full = f"{prefix}.{k}" if prefix else str(k)
-        _check(k in names, full, f"unknown key; valid keys here: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def params_from_dict(data: dict, source: str = "<dict>") -> Params:
-    """Build and validate :class:`Params`; errors are prefixed with ``source``."""
+def params_from_dict(data: Any, source: str = "<dict>", complete: bool = True) -> Params:
+    """Build and validate :class:`Params` from a nested dict; errors name ``source``, the key and the value.
+    ``complete``: every schema key must be present (params files); otherwise missing keys take the defaults."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
     try:
-        params = _build(Params, data or {}, "")
-        params.validate()
-    except ParamsError as exc:
-        raise ParamsError(f"{source}: {exc}") from None
+        params = Params.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()  # an item's error also fails its list's checks: keep the item's
+        lines = [describe(e, Params) for e in errors
+                 if not any(o["loc"][:len(e["loc"])] == e["loc"] and len(o["loc"]) > len(e["loc"]) for o in errors)]
+        raise ParamsError(f"{source}: " + "; ".join(lines[:5]) + (f" (and {len(lines) - 5} more)"
+                                                                 if len(lines) > 5 else "")) from None
+    if complete:
+        missing = missing_keys(data, Params)
+        if missing:
+            defaults = to_dict(Params())
+            shown = ", ".join(f"{k} (default: {_lookup(defaults, k)!r})" for k in missing[:5])
+            raise ParamsError(f"{source}: missing key(s) {shown}{' ...' if len(missing) > 5 else ''}; add them "
+                              "(defaults are never filled in silently), or regenerate the file with "
+                              "`fovseg preset <name> --force`")
     return params
 
 
-class _ParamsLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and reads ``1e-3`` as a float (YAML 1.2 / what researchers write;
-    YAML 1.1 wants ``1.0e-3`` and reads ``1e-3`` as a string)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ParamsError(f"duplicate key {key!r} (line {seen[key] + 1} and line "
-                                  f"{key_node.start_mark.line + 1}); keep one of them")
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-_FLOAT = re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$""")
-# resolvers are per class: copy the inherited table before adding to it
-_ParamsLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
-
-
-def read_params_yaml(path: str | Path) -> Any:
-    """Parse a params YAML file: duplicate keys refused, ``1e-3`` read as a number."""
-    path = Path(path)
-    try:
-        with path.open() as fh:
-            return yaml.load(fh, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
-    except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+def _lookup(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[part]
+    return d
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file (the toy preset when it is the repo's params.yaml)."""
+    """Read and validate a params file; every key must be present."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"params file {path} not found (looked in {Path.cwd()}): run from the repository "
@@ -472,28 +368,22 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     data = read_params_yaml(path)
     if data is None:
         raise ParamsError(f"{path} is empty; restore the toy preset with `git checkout {path.name}` or "
-                          "`fovseg preset toy` (built-in defaults are never used silently)")
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+                          "`fovseg preset toy --force` (built-in defaults are never used silently)")
     return params_from_dict(data, str(path))
 
 
 def to_dict(obj: Any) -> Any:
     """Plain-python view of a params object (tuples become lists) for json/yaml/mlflow."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple):
-        return [to_dict(v) for v in obj]
-    return obj
+    return obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for MLflow params)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
+def override(params: Section, dotted: dict[str, Any]) -> Any:
+    """A copy of ``params`` with dotted keys set (``{"train.lr": 1e-4}``), validated again."""
+    data = to_dict(params)
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return type(params).model_validate(data)

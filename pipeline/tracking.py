@@ -28,19 +28,43 @@ import os
 import re
 import socket
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from pipeline.config import flatten
-from pipeline.runtime import REPO_ROOT, git_commit
-
 log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the default store lives here: <repo>/mlflow.db
 ARTIFACT_DIR = "mlartifacts"
 GROUP_TAG = "fovseg.group"
 _STAGE_START = time.time()
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def code_digest(roots: tuple[str, ...] = ("models", "pipeline", "stages")) -> str:
+    """sha256 of every ``.py`` file under ``roots`` (repository folders): which code produced a result,
+    committed or not (``git_commit`` misses uncommitted edits and changes with a README edit). Training
+    checkpoints record it, and it keys sweep experiments: these are the folders the sweep stage declares as
+    its code deps in dvc.yaml, so a re-run after a code change never restores another code's trials."""
+    h = hashlib.sha256()
+    for name in roots:
+        root = REPO_ROOT / name
+        if not root.is_dir():
+            raise FileNotFoundError(f"code_digest: {root} is not a folder")
+        for path in sorted(root.rglob("*.py")):
+            h.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def mark_stage_start() -> None:
@@ -277,6 +301,18 @@ class Tracker:
             self.client.set_terminated(self.parent_id, status)  # the parent ends with its last stage
         except Exception as err:  # noqa: BLE001
             log.warning("MLflow end_run failed (%s)", err)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (MLflow's params and metrics are flat)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:

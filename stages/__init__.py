@@ -1,2 +1,1 @@
-"""DVC stage entry points (``python -m stages.<name>``)."""
-import pipeline  # noqa: F401  # first: sets the OpenMP thread defaults before a stage imports torch (pipeline/threads.py)
+"""DVC stage entry points (``python -m stages.<name>``), one module per stage in dvc.yaml."""

@@ -10,7 +10,7 @@ from pipeline.config import Params
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import benchmark_vocabulary, dataset_root, get_benchmark
 from pipeline.data.vocab import Vocabulary
-from pipeline.runtime import init_seed_and_device
+from pipeline.device import init_seed_and_device
 from stages.common import parser, run
 
 
@@ -26,7 +26,7 @@ def image_classes(sample, vocab: Vocabulary, seen: set[str], limit: int) -> list
 def main(args, params: Params) -> dict:
     import matplotlib.pyplot as plt  # matplotlib: imported for the work, not for --help
 
-    from pipeline.attention import attention_figure, load_models
+    from pipeline.eval.attention import attention_figure, load_models
 
     device = init_seed_and_device(params.seed, params.device)
     ds = BenchmarkDataset(get_benchmark(args.benchmark), dataset_root(params.data.root or None))

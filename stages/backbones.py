@@ -6,11 +6,11 @@ from pathlib import Path
 
 from models.clip_backbone import build_clip
 from models.generators import build_mask2former
-from pipeline.backbone_files import TOY_CLIP_FILE, TOY_GENERATOR_DIR
-from pipeline.backbones import pretrain_toy_backbones
+from pipeline.build.backbones import pretrain_toy_backbones
 from pipeline.config import Params, to_dict
+from pipeline.data.formats import write_metrics
 from pipeline.data.registry import dataset_root
-from pipeline.runtime import pick_device, write_metrics
+from pipeline.device import pick_device
 from stages.common import parser, run, tracker
 
 
@@ -31,8 +31,7 @@ def main(args, params: Params) -> dict:
         clip_job = None if clip_p.pretrained else dict(model=clip_p.model, **to_dict(clip_p.pretrain))
         gen_job = None if gen_p.source == "hub" else dict(benchmark=params.data.train_benchmark,
                                                           image_size=gen_p.image_size, **to_dict(gen_p.pretrain))
-        m, curve = pretrain_toy_backbones(clip_job, gen_job, out, root, params.seed, device, TOY_CLIP_FILE,
-                                          TOY_GENERATOR_DIR)
+        m, curve = pretrain_toy_backbones(clip_job, gen_job, out, root, params.seed, device)
         for i, v in enumerate(curve[:: max(1, len(curve) // 100)]):
             t.log_metrics({"clip_loss": v}, step=i)
         metrics.update(m)

@@ -7,14 +7,15 @@ import json
 from pathlib import Path
 
 from models.trainable import count_parameters
-from pipeline.builder import build_classifier
+from pipeline.build.classifier import build_classifier
 from pipeline.config import Params
+from pipeline.data.formats import write_metrics
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
-from pipeline.efficiency import compare_vocabularies, time_end_to_end
-from pipeline.predict import build_segmenter
-from pipeline.runtime import init_seed_and_device, write_metrics
+from pipeline.device import init_seed_and_device
+from pipeline.eval.efficiency import compare_vocabularies, time_end_to_end
+from pipeline.eval.predict import build_segmenter
 from stages.common import parser, run, tracker
 
 

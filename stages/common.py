@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Params, load_params, to_dict
+from pipeline.console import setup_logging
+from pipeline.device import set_threads
 from pipeline.errors import FovsegError
-from pipeline.runtime import setup_logging
 from pipeline.tracking import Tracker, mark_stage_start
 
 log = logging.getLogger("fovseg")
@@ -17,7 +19,9 @@ log = logging.getLogger("fovseg")
 def parser(description: str, *required: str) -> argparse.ArgumentParser:
     """A stage's parser: ``--params`` plus one required ``--<name>`` per ``required`` path argument (dvc.yaml
     passes every path; no defaults repeat it)."""
-    ap = argparse.ArgumentParser(description=description)
+    script = Path(sys.argv[0])  # `python -m stages.train` runs .../stages/train.py: say how it was invoked
+    prog = f"python -m stages.{script.stem}" if script.parent.name == "stages" else None
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     for name in required:
         ap.add_argument(f"--{name}", required=True)
@@ -34,6 +38,7 @@ def run(main: Callable[[argparse.Namespace, Params], dict], ap: argparse.Argumen
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params)
+        set_threads(params.runtime.threads)
         return main(args, params)
     except (FovsegError, FileNotFoundError) as exc:
         log.error("%s", exc)

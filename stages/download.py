@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from pipeline.config import Params
-from pipeline.data.download import prepare_datasets
+from pipeline.data.formats import write_metrics
+from pipeline.data.prepare import prepare_datasets
 from pipeline.data.registry import dataset_root
-from pipeline.runtime import write_metrics
 from stages.common import log, parser, run, tracker
 
 # Approximate sizes in GB (download archives, disk after extraction + preparation), from the providers' files.
@@ -24,7 +24,7 @@ def check(names: list[str], root) -> list[dict]:
     """What is present, missing and how big, before anything downloads (licence-gated datasets first)."""
     import shutil
 
-    from pipeline.data.download import DATASETS
+    from pipeline.data.prepare import DATASETS
 
     rows = []
     for name in names:

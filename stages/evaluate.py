@@ -3,8 +3,9 @@ untrained baseline (the same classifier before training = CLIP zero-shot mask cl
 from __future__ import annotations
 
 from pipeline.config import Params
-from pipeline.evaluation import HEADLINE, evaluate_benchmark
-from pipeline.runtime import init_seed_and_device, write_metrics
+from pipeline.data.formats import write_metrics
+from pipeline.device import init_seed_and_device
+from pipeline.eval.loop import HEADLINE, evaluate_benchmark
 from stages.common import parser, run, tracker
 
 

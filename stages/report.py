@@ -6,7 +6,7 @@ from stages.common import parser, run, tracker
 
 
 def main(args, params: Params) -> dict:
-    from pipeline.report import build_report  # pandas and matplotlib: imported for the work, not for --help
+    from pipeline.report.build import build_report  # pandas and matplotlib: imported for the work, not for --help
 
     result = build_report(args.metrics, args.out, params.preset, expected=list(params.data.eval_benchmarks),
                           train_benchmark=params.data.train_benchmark, attention_dir=args.attention)

@@ -8,7 +8,7 @@ from stages.common import parser, run
 
 
 def main(args, params: Params) -> dict:
-    from pipeline.sweep import SweepOptions, run_sweep
+    from pipeline.sweep.runner import SweepOptions, run_sweep
 
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     opts = SweepOptions(out=Path(args.out), storage=Path(args.storage), metrics=Path(args.metrics),
@@ -19,7 +19,7 @@ def main(args, params: Params) -> dict:
 
 def build_parser():
     ap = parser(__doc__, "backbones", "proposals-root", "out", "storage", "metrics")
-    ap.add_argument("grid", help="a grid name (pipeline/sweeps/<grid>.yaml) or a grid YAML file")
+    ap.add_argument("grid", help="a grid name (pipeline/sweep/grids/<grid>.yaml) or a grid YAML file")
     ap.add_argument("--address", default=None, help="attach to a Ray cluster (default: $RAY_ADDRESS, else local)")
     ap.add_argument("--max-concurrent", type=int, default=None)
     ap.add_argument("--seeds", default="", help="comma-separated seeds (default: sweep.seeds)")

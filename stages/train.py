@@ -1,14 +1,15 @@
 """Stage `train`: FOV-Seg training on the seen split. Resumes its last checkpoint; a checkpoint trained with
-settings that change the result stops the stage with the keys that differ (see pipeline.training)."""
+settings that change the result stops the stage with the keys that differ (see pipeline.train.recipe)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 from pipeline.config import Params
-from pipeline.launch import relaunch_under_torchrun
-from pipeline.runtime import init_seed_and_device, write_metrics
-from pipeline.training import close_distributed, init_distributed, is_main_process, run_training
+from pipeline.data.formats import write_metrics
+from pipeline.device import init_seed_and_device
+from pipeline.train.distributed import close_distributed, init_distributed, is_main_process, relaunch_under_torchrun
+from pipeline.train.recipe import run_training
 from stages.common import parser, run, tracker
 
 

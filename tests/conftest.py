@@ -46,18 +46,15 @@ def run_recipe(model, train_set, text_fn, *, out_dir, iterations: int, batch_siz
                schedule: str = "constant", checkpoint_every: int = 10, loss_weights: dict | None = None,
                amp: bool = False, seed: int = 0, device=None, config: dict | None = None, generator_tuner=None) -> dict:
     """Train ``model`` with the pipeline's TrainingRecipe from a few explicit knobs (tests only)."""
-    import dataclasses
-
     import torch
 
     from pipeline.config import LossWeights, TrainParams
-    from pipeline.training import TrainingRecipe
+    from pipeline.train.recipe import TrainingRecipe
 
     lw = loss_weights or {"ce": 2.0, "fiser": 1.0}
-    cfg = dataclasses.replace(TrainParams(), iterations=iterations, batch_size=batch_size, lr=lr,
-                              weight_decay=weight_decay, backbone_lr_mult=backbone_lr_mult, warmup_iters=warmup_iters,
-                              schedule=schedule, checkpoint_every=checkpoint_every, amp=amp,
-                              loss_weights=dataclasses.replace(LossWeights(), **lw))
+    cfg = TrainParams(iterations=iterations, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      backbone_lr_mult=backbone_lr_mult, warmup_iters=warmup_iters, schedule=schedule,
+                      checkpoint_every=checkpoint_every, amp=amp, loss_weights=LossWeights(**lw))
     recipe = TrainingRecipe(model, train_set, text_fn, cfg, seed=seed, device=device or torch.device("cpu"),
                             checkpoint_dir=out_dir, identity=config or {}, generator_tuner=generator_tuner)
     recipe.setup()

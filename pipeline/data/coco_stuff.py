@@ -3,20 +3,20 @@
 The raw ``stuffthingmaps_trainval2017.zip`` (COCO-Stuff project) holds one 8-bit PNG per COCO image
 with value = category id - 1 for the 182 COCO-Stuff ids (only 171 are used: 80 things, 91 stuff) and
 255 unlabeled. :func:`prepare_coco_stuff` maps them to contiguous train ids 0..170 in the order of
-``pipeline/vocab/coco_stuff_171.json`` (every other value -> 255) and writes
+``pipeline/data/vocabularies/coco_stuff_171.json`` (every other value -> 255) and writes
 ``coco/stuffthingmaps_detectron2/{train,val}2017/*.png``: the layout detectron2 / Mask2Former's
 ``prepare_coco_stuff_164k_sem_seg.py`` leaves, so an already prepared tree is used unchanged.
 """
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pipeline.data.formats import DatasetError, write_label_map
+from pipeline.data.vocab import VOCAB_DIR
 
 RAW_DIR = "coco/stuffthingmaps"  # where the raw zip is extracted (train2017/, val2017/)
 PREPARED_DIR = "coco/stuffthingmaps_detectron2"
@@ -26,7 +26,7 @@ IGNORE = 255
 
 def raw_to_train_id_lut() -> np.ndarray:
     """(256,) uint8: raw stuffthingmaps value (category id - 1) -> contiguous train id, 255 elsewhere."""
-    records = json.loads((resources.files("pipeline") / "vocab" / "coco_stuff_171.json").read_text())
+    records = json.loads((VOCAB_DIR / "coco_stuff_171.json").read_text())
     lut = np.full(256, IGNORE, np.uint8)
     for train_id, r in enumerate(records):
         raw = int(r["id"]) - 1

@@ -48,6 +48,26 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
         tmp.write_text(json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
+    """A metrics JSON, written atomically (a failed stage never leaves a half-written file); floats rounded to 6
+    decimals, numpy/torch scalars made plain."""
+    write_json(path, _jsonable(metrics))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return round(float(obj), 6)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if hasattr(obj, "tolist"):  # a torch tensor or numpy array
+        return _jsonable(obj.tolist())
+    return obj
+
+
 def read_json(path: str | Path, hint: str = "") -> Any:
     path = Path(path)
     if not path.is_file():

@@ -22,8 +22,8 @@ class Benchmark:
 
     name: str
     task: Literal["panoptic", "semantic"]
-    vocab: str  # a packaged vocabulary stem (pipeline/vocab) or a toy vocabulary name
-    dataset: str  # key of pipeline.data.download.DATASETS that provides it
+    vocab: str  # a packaged vocabulary stem (pipeline/data/vocabularies) or a toy vocabulary name
+    dataset: str  # key of pipeline.data.prepare.DATASETS that provides it
     image_dir: str
     panoptic_json: str | None = None
     panoptic_dir: str | None = None
@@ -90,7 +90,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     _toy("toy_open_large", "open_large", "toy_all", "semantic"),
 ]}
 
-# Dataset keys the download stage understands (see pipeline.data.download.DATASETS).
+# Dataset keys the download stage understands (see pipeline.data.prepare.DATASETS).
 DOWNLOADABLE = ("toy", "coco", "ade20k", "ade20k_full", "pascal_context", "mapillary_vistas", "coco_stuff")
 
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from pipeline.errors import VocabularyError  # noqa: F401  (re-exported)
+
+VOCAB_DIR = Path(__file__).parent / "vocabularies"  # the benchmark vocabularies shipped with the package
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Vocabulary:
 
 
 def vocabulary_from_records(name: str, records: list[dict]) -> Vocabulary:
-    """Build from the json records of ``pipeline/vocab/*.json`` (name, id, isthing, synonyms, color)."""
+    """Build from the json records of ``pipeline/data/vocabularies/*.json`` (name, id, isthing, synonyms, color)."""
     classes = []
     for i, r in enumerate(records):
         if "name" not in r:
@@ -81,16 +82,16 @@ def vocabulary_from_names(names: list[str], name: str = "custom") -> Vocabulary:
 
 
 def load_packaged_vocabulary(file_stem: str) -> Vocabulary:
-    """One of the benchmark vocabularies shipped in ``pipeline/vocab``."""
-    path = resources.files("pipeline") / "vocab" / f"{file_stem}.json"
+    """One of the benchmark vocabularies shipped in ``pipeline/data/vocabularies``."""
+    path = VOCAB_DIR / f"{file_stem}.json"
     if not path.is_file():
         raise VocabularyError(f"no packaged vocabulary {file_stem!r} (looked for {path})")
     return vocabulary_from_records(file_stem, json.loads(path.read_text()))
 
 
 def packaged_vocabularies() -> list[str]:
-    """Names of the vocabularies shipped in ``pipeline/vocab/``."""
-    return sorted(p.name[:-5] for p in (resources.files("pipeline") / "vocab").iterdir() if p.name.endswith(".json"))
+    """Names of the vocabularies shipped in ``pipeline/data/vocabularies/``."""
+    return sorted(p.name[:-5] for p in VOCAB_DIR.iterdir() if p.name.endswith(".json"))
 
 
 def load_vocabulary(spec: str) -> Vocabulary:

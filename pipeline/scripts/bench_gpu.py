@@ -8,7 +8,7 @@ the paper's Table II (ADE-150: 2.63 FPS, 10.2 GB; ADE-847: 2.42 FPS).
 
 Options: ``--precision bf16`` (autocast; fp32 default), ``--compile`` (torch.compile of the classifier),
 ``--tiny`` (a tiny CLIP and Mask2Former at 64 px: runs on CPU in seconds; the test uses it),
-``--device cpu|cuda``, ``--merge-device cpu`` (merging on the CPU, the pipeline before 2026-11-27).
+``--device cpu|cuda``, ``--merge-device cpu`` (merging on the CPU, as the pipeline once did).
 Attention is PyTorch's fused ``scaled_dot_product_attention`` for image tokens,
 mask tokens and TeVA's text attention (models/mask_encoder.py); on CUDA PyTorch picks the kernel: flash
 for image tokens and TeVA (no mask), memory-efficient for mask tokens (flash takes no additive mask bias).
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--compile", action="store_true", help="torch.compile the classifier")
     ap.add_argument("--merge-device", help="where proposals are merged (default: --device, as the pipeline does; "
-                    "cpu: the pipeline before 2026-11-27, masks copied back)")
+                    "cpu: masks copied back, as the pipeline once did)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--train-steps", type=int, default=5)
     ap.add_argument("--skip-training", action="store_true")

@@ -2,18 +2,13 @@
 
 ``python -m pipeline.scripts.bench_metrics --images 200 --repeats 5``: synthetic 640x480 images with about
 30 segments each (random RGB-style ids, crowd and void regions; the prediction is a shifted, relabelled,
-partly merged copy). Ours (``pipeline.metrics``) and the reference run alternately, every repeat; the
+partly merged copy). Ours (``pipeline.eval.metrics``) and the reference run alternately, every repeat; the
 script prints medians, min-max spread and ratios, and checks that the numbers are identical.
 
-References (kept here, written from the published algorithms, not copied):
-- PQ: panopticapi's per-image ``pq_compute_single_core`` logic (np.unique of the pred map, np.unique of
-  gt * 2^24 + pred, dict matching). When ``panopticapi`` is importable its ``pq_compute_single_core``
-  is timed on folders instead (``--end-to-end``).
-- mIoU: a plain numpy bincount confusion matrix (detectron2's ``SemSegEvaluator`` accumulation).
-
-``--end-to-end``: writes COCO-panoptic folders (``--e2e-images``, default 300) and times, as separate
-processes with start-up included, ``fovseg evaluate`` against the reference folder evaluation
-(``python -m pipeline.scripts.bench_metrics reference-pq ...``), alternately.
+References, written from the published algorithms (not copied): panopticapi's per-image
+``pq_compute_single_core`` logic for PQ, a numpy bincount confusion matrix (detectron2's ``SemSegEvaluator``)
+for mIoU. ``--end-to-end`` writes COCO-panoptic folders (``--e2e-images``, default 300) and times, as separate
+processes, ``fovseg evaluate`` against the reference folder evaluation (``... reference-pq``), alternately.
 """
 from __future__ import annotations
 
@@ -232,7 +227,7 @@ def _line(label: str, t: list[float], per: int, unit: str = "ms/image") -> str:
 
 
 def bench_pq(images: int, repeats: int, seed: int = 0) -> dict:
-    from pipeline.metrics import PQStat
+    from pipeline.eval.metrics import PQStat
 
     rng = np.random.default_rng(seed)
     data = [synthetic_pair(rng) for _ in range(images)]
@@ -269,7 +264,7 @@ def bench_pq(images: int, repeats: int, seed: int = 0) -> dict:
 
 
 def bench_miou(images: int, repeats: int, num_classes: int = 847, ignore: int = 65535, seed: int = 1) -> dict:
-    from pipeline.metrics import SemanticStat
+    from pipeline.eval.metrics import SemanticStat
 
     rng = np.random.default_rng(seed)
     data = [synthetic_semantic(rng, num_classes, ignore) for _ in range(images)]

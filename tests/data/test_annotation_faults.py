@@ -66,8 +66,8 @@ def test_zero_images_evaluated_is_an_error():
 
 
 def test_evaluate_refuses_a_benchmark_whose_images_all_fail(toy_copy):
-    """The hook in pipeline.evaluation: all images unreadable -> error, not PQ 0 with exit 0."""
-    from pipeline.evaluation import GroundTruthProposals, OracleClassifier, default_evaluators, inference_on_dataset
+    """The hook in pipeline.eval.loop: all images unreadable -> error, not PQ 0 with exit 0."""
+    from pipeline.eval.loop import GroundTruthProposals, OracleClassifier, default_evaluators, inference_on_dataset
 
     root, bench, _ = toy_copy
     for p in (root / bench.image_dir).iterdir():

@@ -1,0 +1,296 @@
+"""The benchmarks' datasets: where each comes from (or what to do by hand for the licence-gated ones), how its
+archives are turned into the detectron2 layout under ``$DETECTRON2_DATASETS``, and the toy world's generation."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from pipeline.data.coco_stuff import prepare_coco_stuff
+from pipeline.data.download import LOCK_FILE, DownloadLock, fetch_verified, safe_extract, sha256_of
+from pipeline.data.formats import DatasetError, read_json, write_json, write_label_map
+from pipeline.data.vocab import VOCAB_DIR
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- dataset registry
+@dataclass(frozen=True)
+class Source:
+    url: str
+    file: str  # archive name under <root>/downloads
+    extract_to: str = ""  # relative to root
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    sources: tuple[Source, ...] = ()
+    manual: str = ""  # instructions when a licence click or login is needed
+    expected: tuple[str, ...] = ()  # paths that must exist (relative to root) after fetch/manual placement
+    prepare: Callable[[Path], dict] | None = field(default=None, compare=False)
+
+
+def pinned_checksums() -> dict[str, str | None]:
+    path = Path(__file__).parent / "checksums" / "datasets.json"
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- preparation steps
+def coco_semantic_from_panoptic(root: Path) -> dict:
+    """coco/panoptic_semseg_{split}2017/*.png: contiguous 0..132 labels, 255 unlabeled."""
+    from pipeline.data.formats import read_panoptic_png
+    from pipeline.data.vocab import load_packaged_vocabulary
+
+    id_to_label = load_packaged_vocabulary("coco_panoptic").id_to_label()
+    n = 0
+    for split in ("train", "val"):
+        if not (root / f"coco/annotations/panoptic_{split}2017.json").is_file():
+            continue
+        ann = read_json(root / f"coco/annotations/panoptic_{split}2017.json")
+        out_dir = root / f"coco/panoptic_semseg_{split}2017"
+        for a in ann["annotations"]:
+            out = out_dir / a["file_name"]
+            if out.exists():
+                continue
+            ids = read_panoptic_png(root / f"coco/panoptic_{split}2017" / a["file_name"])
+            sem = np.full(ids.shape, 255, np.uint8)
+            for s in a["segments_info"]:
+                sem[ids == s["id"]] = id_to_label[s["category_id"]]
+            write_label_map(out, sem)
+            n += 1
+    return {"coco_semantic_maps": n}
+
+
+def _coco_unpack_panoptic(root: Path) -> None:
+    ann_dir = root / "coco" / "annotations"
+    for split in ("train", "val"):
+        inner = ann_dir / f"panoptic_{split}2017.zip"
+        if inner.exists() and not (root / "coco" / f"panoptic_{split}2017").is_dir():
+            safe_extract(inner, root / "coco")
+
+
+def prepare_coco(root: Path) -> dict:
+    _coco_unpack_panoptic(root)
+    return coco_semantic_from_panoptic(root)
+
+
+def ade20k_semantic(root: Path) -> dict:
+    """ADEChallengeData2016/annotations_detectron2: labels - 1, background 0 -> 255 (as detectron2's script)."""
+    n = 0
+    for src_split, dst_split in (("training", "training"), ("validation", "validation")):
+        src = root / "ADEChallengeData2016/annotations" / src_split
+        for p in sorted(src.glob("*.png")):
+            out = root / "ADEChallengeData2016/annotations_detectron2" / dst_split / p.name
+            if out.exists():
+                continue
+            lab = np.asarray(Image.open(p)).astype(np.int64) - 1
+            write_label_map(out, np.where(lab < 0, 255, lab))
+            n += 1
+    return {"ade20k_semantic_maps": n}
+
+
+def ade20k_panoptic(root: Path) -> dict:
+    """ADE20K-150 panoptic from the instance annotations (R = class 1..150, G = instance id) for things
+    and the semantic annotation for stuff, as Mask2Former's prepare_ade20k_pan_seg.py does."""
+    from pipeline.data.formats import bbox_of, write_panoptic_png
+    from pipeline.data.vocab import load_packaged_vocabulary
+
+    vocab = load_packaged_vocabulary("ade20k_150")
+    thing = {c.id for c in vocab.classes if c.isthing}
+    counts = {}
+    for split, name in (("training", "train"), ("validation", "val")):
+        images, anns = [], []
+        for p in sorted((root / "ADEChallengeData2016/annotations" / split).glob("*.png")):
+            sem = np.asarray(Image.open(p)).astype(np.int64) - 1
+            inst_path = root / "ADEChallengeData2016/annotations_instance" / split / p.name
+            inst = np.asarray(Image.open(inst_path).convert("RGB")).astype(np.int64) if inst_path.exists() else None
+            ids = np.zeros(sem.shape, np.uint32)
+            segs, next_id = [], 1
+            for c in np.unique(sem):
+                if c < 0 or c in thing:
+                    continue
+                m = sem == c
+                ids[m] = next_id
+                segs.append({"id": next_id, "category_id": int(c), "iscrowd": 0, "area": int(m.sum()),
+                             "bbox": bbox_of(m)})
+                next_id += 1
+            if inst is not None:
+                for cls, ins in {(int(a), int(b)) for a, b in zip(inst[..., 0].ravel(), inst[..., 1].ravel())}:
+                    c = cls - 1
+                    if c < 0 or c not in thing or ins == 0:
+                        continue
+                    m = (inst[..., 0] == cls) & (inst[..., 1] == ins)
+                    ids[m] = next_id
+                    segs.append({"id": next_id, "category_id": c, "iscrowd": 0, "area": int(m.sum()),
+                                 "bbox": bbox_of(m)})
+                    next_id += 1
+            present = set(np.unique(ids).tolist())
+            segs = [s for s in segs if s["id"] in present]
+            write_panoptic_png(root / f"ADEChallengeData2016/ade20k_panoptic_{name}" / p.name, ids)
+            h, w = sem.shape
+            images.append({"id": p.stem, "file_name": p.stem + ".jpg", "height": h, "width": w})
+            anns.append({"image_id": p.stem, "file_name": p.name, "segments_info": segs})
+        cats = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in vocab.classes]
+        write_json(root / f"ADEChallengeData2016/ade20k_panoptic_{name}.json",
+                   {"images": images, "annotations": anns, "categories": cats}, indent=None)
+        counts[f"ade20k_panoptic_{name}"] = len(anns)
+    return counts
+
+
+def prepare_ade20k(root: Path) -> dict:
+    return {**ade20k_semantic(root), **ade20k_panoptic(root)}
+
+
+def _resize_short(img: Image.Image, short: int, resample) -> Image.Image:
+    w, h = img.size
+    s = short / min(w, h)
+    return img.resize((round(w * s), round(h * s)), resample) if s < 1 else img
+
+
+def prepare_ade20k_full(root: Path) -> dict:
+    """ADE20K-847: *_seg.png class = R/10*256 + G (ADE20K toolkit) mapped to train ids via the vocabulary's
+    ids, 65535 elsewhere; images and labels resized to short side 512; labels written as uint16 TIFF."""
+
+    records = json.loads((VOCAB_DIR / "ade20k_847.json").read_text())
+    lut = np.full(max(r["id"] for r in records) + 1, 65535, np.int64)  # ADE20K-full object id -> train id
+    for r in records:
+        lut[r["id"]] = r["trainId"]
+    base = root / "ADE20K_2021_17_01"
+    n = 0
+    for split in ("training", "validation"):
+        for seg in sorted((base / "images/ADE" / split).rglob("*_seg.png")):
+            stem = seg.name[: -len("_seg.png")]
+            out = base / "annotations_detectron2" / split / f"{stem}.tif"
+            if out.exists():
+                continue
+            rgb = np.asarray(Image.open(seg).convert("RGB")).astype(np.int64)
+            cls = rgb[..., 0] // 10 * 256 + rgb[..., 1]
+            label = Image.fromarray(np.where(cls < len(lut), lut[np.minimum(cls, len(lut) - 1)], 65535)
+                                    .astype(np.uint16))
+            img = Image.open(seg.with_name(f"{stem}.jpg")).convert("RGB")
+            img = _resize_short(img, 512, Image.BILINEAR)
+            label = label.resize(img.size, Image.NEAREST)
+            (base / "images_detectron2" / split).mkdir(parents=True, exist_ok=True)
+            img.save(base / "images_detectron2" / split / f"{stem}.jpg", quality=95)
+            write_label_map(out, np.asarray(label), sixteen_bit=True)
+            n += 1
+    return {"ade20k_847_maps": n}
+
+
+def prepare_pascal_context(root: Path) -> dict:
+    """PC-459 (uint16 TIFF, label-1, 65535 ignore) and PC-59 (uint8 PNG via class names, 255 ignore) from the
+    459-class .mat files; images copied from VOC2010 for the val list."""
+    from scipy.io import loadmat
+
+    from pipeline.data.vocab import load_packaged_vocabulary
+
+    v459, v59 = load_packaged_vocabulary("pascal_ctx_459"), load_packaged_vocabulary("pascal_ctx_59")
+    name59 = {n: i for i, n in enumerate(v59.names)}
+    lut59 = np.full(65536, 255, np.int64)
+    for i, n in enumerate(v459.names):
+        if n in name59:
+            lut59[i] = name59[n]
+    base, n = root / "pascal_ctx_d2", 0
+    for split, list_name in (("training", "train.txt"), ("validation", "val.txt")):
+        ids_file = root / "VOCdevkit/VOC2010/pascal_context" / list_name
+        if not ids_file.exists():
+            continue
+        for stem in ids_file.read_text().split():
+            mat = root / "VOCdevkit/VOC2010/pascal_context/trainval" / f"{stem}.mat"
+            lab = loadmat(mat)["LabelMap"].astype(np.int64) - 1
+            lab459 = np.where(lab < 0, 65535, lab)
+            write_label_map(base / "annotations_ctx459" / split / f"{stem}.tif", lab459, sixteen_bit=True)
+            write_label_map(base / "annotations_ctx59" / split / f"{stem}.png",
+                            np.where(lab459 == 65535, 255, lut59[np.clip(lab459, 0, 65535)]))
+            img_dst = base / "images" / split / f"{stem}.jpg"
+            img_dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "VOCdevkit/VOC2010/JPEGImages" / f"{stem}.jpg", img_dst)
+            n += 1
+    return {"pascal_context_maps": n}
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "coco": DatasetSpec("coco", (
+        Source("https://images.cocodataset.org/zips/train2017.zip", "coco_train2017.zip", "coco"),
+        Source("https://images.cocodataset.org/zips/val2017.zip", "coco_val2017.zip", "coco"),
+        Source("https://images.cocodataset.org/annotations/panoptic_annotations_trainval2017.zip",
+               "coco_panoptic_annotations_trainval2017.zip", "coco"),
+    ), expected=("coco/val2017", "coco/annotations/panoptic_val2017.json"), prepare=prepare_coco),
+    "coco_stuff": DatasetSpec("coco_stuff", (  # Table III: COCO images + COCO-Stuff-164k stuffthingmaps
+        Source("https://images.cocodataset.org/zips/train2017.zip", "coco_train2017.zip", "coco"),
+        Source("https://images.cocodataset.org/zips/val2017.zip", "coco_val2017.zip", "coco"),
+        Source("https://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip",
+               "stuffthingmaps_trainval2017.zip", "coco/stuffthingmaps"),
+    ), expected=("coco/val2017", "coco/stuffthingmaps/val2017"), prepare=prepare_coco_stuff),
+    "ade20k": DatasetSpec("ade20k", (
+        Source("https://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip", "ADEChallengeData2016.zip"),
+        Source("http://sceneparsing.csail.mit.edu/data/ChallengeData2017/annotations_instance.tar",
+               "ade20k_annotations_instance.tar", "ADEChallengeData2016"),
+    ), expected=("ADEChallengeData2016/images/validation",), prepare=prepare_ade20k),
+    "ade20k_full": DatasetSpec("ade20k_full", manual=(
+        "ADE20K-full needs a free account: register at https://groups.csail.mit.edu/vision/datasets/ADE20K/, "
+        "download ADE20K_2021_17_01.zip and unzip it so that <root>/ADE20K_2021_17_01/images/ADE/validation "
+        "exists, then re-run this stage to convert it."),
+        expected=("ADE20K_2021_17_01/images/ADE/validation",), prepare=prepare_ade20k_full),
+    "pascal_context": DatasetSpec("pascal_context", (
+        Source("http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar", "VOCtrainval_2010.tar"),
+    ), manual=(
+        "Pascal Context's 459-class annotations are distributed by the dataset authors "
+        "(https://cs.stanford.edu/~roozbeh/pascal-context/): accept their terms, download trainval.tar.gz and "
+        "extract it to <root>/VOCdevkit/VOC2010/pascal_context/trainval/*.mat, with train.txt and val.txt "
+        "beside it, then re-run this stage."),
+        expected=("VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/pascal_context/trainval"),
+        prepare=prepare_pascal_context),
+    "mapillary_vistas": DatasetSpec("mapillary_vistas", manual=(
+        "Mapillary Vistas v1.2 needs a login: request it at https://www.mapillary.com/dataset/vistas, unzip it to "
+        "<root>/mapillary_vistas so that validation/images, validation/panoptic/panoptic_2018.json and "
+        "validation/labels exist, then re-run this stage to verify it."),
+        expected=("mapillary_vistas/validation/images", "mapillary_vistas/validation/panoptic/panoptic_2018.json",
+                  "mapillary_vistas/validation/labels")),
+}
+
+
+def fetch_dataset(spec: DatasetSpec, root: Path, checksums: dict[str, str | None]) -> dict:
+    lock = DownloadLock(root / LOCK_FILE)
+    files: dict[str, dict] = {}
+    for src in spec.sources:
+        archive, how = fetch_verified(src.url, root / "downloads" / src.file, checksums.get(src.file), lock)
+        files[src.file] = {"url": src.url, "verified": how}
+        marker = root / "downloads" / f".{src.file}.extracted"
+        if not marker.exists():
+            safe_extract(archive, root / src.extract_to if src.extract_to else root)
+            marker.write_text(sha256_of(archive))
+    missing = [p for p in spec.expected if not (root / p).exists()]
+    if missing:
+        raise DatasetError(f"{spec.name}: missing {[str(root / p) for p in missing]}. {spec.manual}".strip())
+    result = spec.prepare(root) if spec.prepare else {}
+    unpinned = [s.file for s in spec.sources if not checksums.get(s.file)]
+    return {"dataset": spec.name, "verified_checksums": not unpinned, "unpinned": unpinned, "files": files,
+            "lock_file": str(root / LOCK_FILE), **result}
+
+
+def prepare_datasets(names: list[str], root: Path, toy_params, caption_size: int) -> dict:
+    """Fetch/prepare each named dataset under ``root``; 'toy' generates the shapes world."""
+    from pipeline.data.toy import generate_toy_world
+
+    out: dict = {"datasets": {}}
+    checksums = pinned_checksums()
+    for name in names:
+        if name == "toy":
+            out["datasets"]["toy"] = manifest = generate_toy_world(
+                root, seed=toy_params.seed, image_size=toy_params.image_size, n_train=toy_params.n_train,
+                n_val=toy_params.n_val, n_open=toy_params.n_open, n_captions=toy_params.n_captions,
+                caption_size=caption_size, max_things=toy_params.max_things)
+            log.info("toy world generated in %.1f s", manifest.pop("seconds"))
+        elif name in DATASETS:
+            out["datasets"][name] = fetch_dataset(DATASETS[name], root, checksums)
+        else:
+            raise DatasetError(f"unknown dataset {name!r}; valid: toy, {', '.join(DATASETS)}")
+    return out
