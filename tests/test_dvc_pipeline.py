@@ -115,6 +115,13 @@ def test_stage_paths_are_declared_and_have_no_parser_default(name):
     assert outputs <= {argv[argv.index(f) + 1] for f in flags}, f"{name}: an output is not passed to the stage"
 
 
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_stage_parser_accepts_what_dvc_yaml_passes(name):
+    """Every flag a stage's parser requires is in its dvc.yaml command, and nothing it does not know."""
+    module, argv = command(ALL[name])
+    importlib.import_module(module).build_parser().parse_args(argv)  # SystemExit(2) on a missing/unknown flag
+
+
 def _run(cmd, cwd):
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr + out.stdout
