@@ -97,6 +97,11 @@ class FOVSeg(nn.Module):
         self.embed_dim = embed_dim
 
     @property
+    def mask_grid(self) -> int:
+        """Side of the grid masks reach the encoder on at the training input size: MASK_CELLS per patch."""
+        return self.image_size // self.visual.patch_size * MASK_CELLS
+
+    @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
 
@@ -126,13 +131,15 @@ class FOVSeg(nn.Module):
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, text_embeds: torch.Tensor,
                 size: tuple[int, int] | None = None, fiser_class_sets: list[list[int]] | None = None,
-                class_sets: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+                class_sets: list[list[int]] | None = None, extra_classes: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         """images (B,3,H,W) in [0,255]; masks (B,Q,H,W) in [0,1]; text_embeds (C,E) normalised (the vocabulary
-        classified against); ``class_sets`` (training: each image's ground-truth class indices) make TeVA's
-        targets per image when ``teva_train_targets == "image"``; with ``fiser_class_sets`` (the same sets)
-        also returns ``loss_fiser``.
+        classified against, and TeVA's targets); ``class_sets`` (training: each image's ground-truth class
+        indices) make TeVA's targets per image when ``teva_train_targets == "image"``; with ``fiser_class_sets``
+        (the same sets) also returns ``loss_fiser``. ``extra_classes`` (X,E): classified against after the
+        vocabulary but never TeVA targets (training's no-object class, MaskCLIP's "other").
 
-        Returns ``logits`` (B,Q,C) = scale * cosine, normalised ``mask_embeds`` and ``patch_embeds``."""
+        Returns ``logits`` (B,Q,C+X) = scale * cosine, normalised ``mask_embeds`` and ``patch_embeds``."""
         x = self.preprocess(images, size)
         patch = self.visual.patch_size
         # binary masks pool exactly in half precision: on a GPU that halves the temporary of full-size masks
@@ -146,7 +153,8 @@ class FOVSeg(nn.Module):
             target_pad = ~valid
         out = self.visual(x, m, targets, target_pad)
         mask_embeds = F.normalize(out["mask_embeds"], dim=-1)
-        logits = self.logit_scale * mask_embeds @ text_embeds.t()
+        classes = text_embeds if extra_classes is None else torch.cat([text_embeds, extra_classes.to(text_embeds)])
+        logits = self.logit_scale * mask_embeds @ classes.t()
         result = {"logits": logits, "mask_embeds": mask_embeds, "patch_embeds": out["patch_embeds"],
                   "image_embeds": F.normalize(out["image_embeds"], dim=-1)}
         if fiser_class_sets is not None and self.fiser is not None:  # training only; inside forward for DDP

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from models.losses import mask_iou
+from models.matching import mask_iou
 
 
 def proposal_scores(class_probs: torch.Tensor, objectness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-proposal (score, label): score = objectness x top class probability."""
+    """Per-proposal (score, label): score = objectness x top class probability (pass objectness = 1 for
+    MaskCLIP/Mask2Former's score, the class probability alone)."""
     conf, labels = class_probs.max(-1)
     return objectness * conf, labels
 

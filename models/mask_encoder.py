@@ -2,17 +2,18 @@
 
 Sequence per image: [CLS, patches] (image tokens, plain CLIP self-attention, never see mask
 tokens) and Q mask tokens (copies of [CLS] with its position embedding). A mask token attends to
-[CLS] plus the patches its mask touches (eq. 11: -inf elsewhere, with or without the adapter; the
-adapter only reweights the touched patches), never to other mask tokens. With TeVA it first
-cross-attends to the target classes' text embeddings (eqs. 9-10: new g_q, g_k, g_v), then to the
-image tokens with CLIP's own f_q, f_k, f_v under the mask bias (eqs. 7-8). CLIP's fused
-in-projection is split into q/k/v linears so f_q can be trained alone.
+[CLS] plus the patches its mask touches (eq. 11: -inf elsewhere), never to a mask token, itself
+included: MaskCLIP's mask attention (``maskclip/modeling/maskclip.py`` sets ``attn_mask[:, :, :q]``).
+The Distribution Adapter, when built, reweights the touched patches only (log of its probability, max over
+the patch); it never softens eq. 11's -inf. CLIP's fused in-projection is split into q/k/v linears so f_q
+can be trained alone.
 
-Table IV(i) rows (:class:`TevaConfig`): ``image_attention=False`` is MaskCLIP's mask attention
-(the baseline): the mask token's keys are [CLS], its masked patches *and itself*;
-``image_attention=True`` is TeVA's Mask-Image cross-attention, which replaces that self-attention:
-keys are [CLS] and the masked patches only. ``target_attention`` adds the Mask-Target step before
-either. The [CLS] column stays visible in every variant (an empty mask still has a key).
+TeVA (``TevaConfig.target_attention``), in every block, first cross-attends the mask tokens to the target
+classes' text embeddings with new projections g_q, g_k, g_v (eqs. 9-10), then to the image tokens with CLIP's
+own f_q, f_k, f_v under the mask bias (eqs. 7-8). ``form``: ``replace`` is eqs. 7-10 as written,
+[MASK^] = softmax(q_mask k_tgt^T) v_tgt *replaces* the mask token as f_q's input, with randomly initialised g
+projections; ``residual`` feeds f_q with [MASK] + TeVA([MASK]), whose last projection starts at zero (an
+untrained TeVA is then plain MaskCLIP).
 """
 from __future__ import annotations
 
@@ -28,22 +29,29 @@ from models.adapter import DistributionAdapter
 KV_CACHE_VOCABULARIES = 4  # vocabularies whose TeVA keys/values inference keeps (see target_keys_values)
 
 
+TEVA_FORMS = ("replace", "residual")
+
+
 @dataclass(frozen=True)
 class TevaConfig:
-    """TeVA switches (Table IV(i)) and size.
+    """TeVA's Mask-Target step (Table IV(a), (i)) and its size.
 
-    ``target_attention``: Mask-Target cross-attention (eqs. 9-10) before the image step.
-    ``image_attention``: True = Mask-Image cross-attention (eq. 7, keys = [CLS] + masked patches);
-    False = MaskCLIP's mask attention (the mask token is also its own key/value).
-    ``width``: g_q/g_k/g_v output width (0 = CLIP's width, no output projection; otherwise a
-    bottleneck with a zero-initialised output projection back to CLIP's width).
+    ``target_attention``: Mask-Target cross-attention (eqs. 9-10) before the image step (eqs. 7-8).
+    ``form``: ``replace`` (eqs. 7-10: [MASK^] is f_q's input, g projections randomly initialised) or
+    ``residual`` ([MASK] + TeVA([MASK]) is f_q's input, the last projection zero-initialised).
+    ``width``: g_q/g_k/g_v output width (0 = CLIP's width, no output projection; otherwise a bottleneck with
+    an output projection g_o back to CLIP's width: the lightweight TeVA).
     ``shared``: one set of g projections for all blocks instead of one per block.
     """
 
     target_attention: bool = True
-    image_attention: bool = True
+    form: str = "replace"
     width: int = 0
     shared: bool = False
+
+    def __post_init__(self) -> None:
+        if self.form not in TEVA_FORMS:
+            raise ValueError(f"unknown TeVA form {self.form!r}; valid: {TEVA_FORMS}")
 
     @property
     def enabled(self) -> bool:
@@ -114,31 +122,18 @@ class SplitAttention(nn.Module):
     def keys_values(self, kv_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._heads(self.k_proj(kv_in)), self._heads(self.v_proj(kv_in))
 
-    def forward_with_self(self, q_in: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
-                          bias: torch.Tensor) -> torch.Tensor:
-        """MaskCLIP's mask attention: each query token attends to the image keys (under ``bias``) and to
-        itself (its own f_k/f_v), never to the other query tokens."""
-        q = self._heads(self.q_proj(q_in))
-        k_self, v_self = self.keys_values(q_in)
-        k, v = kv
-        scale = q.shape[-1] ** -0.5
-        scores = torch.cat([q @ k.transpose(-2, -1) * scale + bias, (q * k_self).sum(-1, keepdim=True) * scale], -1)
-        w = scores.softmax(-1)
-        out = w[..., :-1] @ v + w[..., -1:] * v_self
-        b, h, n, dh = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * dh))
-
 
 class TargetAttention(nn.Module):
     """TeVA step 1: mask tokens cross-attend to target-class text embeddings (g_q, g_k, g_v; eqs. 9-10).
 
-    At full width (``width`` = CLIP's) g_v starts at zero; with a bottleneck the output projection
-    g_o does. Either way an untrained step is an identity and the model starts as plain CLIP.
-    Keys/values depend on the targets only (:meth:`keys_values`), so a fixed vocabulary's are
-    computed once and reused (see :meth:`MaskCLIPVisual.target_keys_values`).
+    ``zero_init`` (the ``residual`` form): the last projection (g_v at CLIP's width, g_o with a bottleneck)
+    starts at zero, so an untrained step adds nothing; otherwise every projection keeps PyTorch's random
+    initialisation (the paper: "randomly initialized"). Keys/values depend on the targets only
+    (:meth:`keys_values`), so a fixed vocabulary's are computed once and reused (see
+    :meth:`MaskCLIPVisual.target_keys_values`).
     """
 
-    def __init__(self, dim: int, text_dim: int, heads: int, width: int = 0):
+    def __init__(self, dim: int, text_dim: int, heads: int, width: int = 0, zero_init: bool = False):
         super().__init__()
         width = width or dim
         self.heads = heads if width % heads == 0 else math.gcd(width, heads)
@@ -146,9 +141,10 @@ class TargetAttention(nn.Module):
         self.g_k = nn.Linear(text_dim, width)
         self.g_v = nn.Linear(text_dim, width)
         self.g_o = nn.Linear(width, dim) if width != dim else None
-        last = self.g_o if self.g_o is not None else self.g_v
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        if zero_init:
+            last = self.g_o if self.g_o is not None else self.g_v
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, w = x.shape
@@ -216,7 +212,7 @@ class MaskBlock(nn.Module):
         self.teva: TargetAttention | None = None
         if teva.enabled:
             self.teva = shared_teva or TargetAttention(self.attn.q_proj.in_features, text_dim, self.attn.heads,
-                                                       teva.width)
+                                                       teva.width, zero_init=teva.form == "residual")
 
     def forward(self, x: torch.Tensor, m: torch.Tensor, bias: torch.Tensor,
                 target_kv: tuple[torch.Tensor, torch.Tensor] | None = None, target_pad: torch.Tensor | None = None
@@ -229,12 +225,14 @@ class MaskBlock(nn.Module):
         if m.shape[1]:
             hm = self.ln_1(m)
             if self.teva is not None and target_kv is not None:
-                hm = hm + self.teva(hm, target_kv, target_pad)
-            if self.teva_cfg.image_attention:
-                out = self.attn(hm, hx, bias, kv=kv)
-            else:
-                out = self.attn.forward_with_self(hm, kv, bias)
-            m = m + self.ls_1(out)
+                mixed = self.teva(hm, target_kv, target_pad)  # [MASK^], eq. 9
+                if self.teva_cfg.form == "residual":
+                    hm = hm + mixed
+                elif target_pad is not None:  # an image without targets keeps its own mask token
+                    hm = torch.where(target_pad.all(1)[:, None, None], hm, mixed)
+                else:
+                    hm = mixed
+            m = m + self.ls_1(self.attn(hm, hx, bias, kv=kv))  # eq. 7 (f_q, f_k, f_v; eq. 11's bias)
             m = m + self.ls_2(self.mlp(self.ln_2(m)))
         x_new = x_new + self.ls_2(self.mlp(self.ln_2(x_new)))
         return x_new, m
@@ -255,7 +253,8 @@ class MaskCLIPVisual(nn.Module):
         shared = None
         if teva.enabled and teva.shared:
             attn = parts[0]["attn"]
-            shared = TargetAttention(attn.q_proj.in_features, text_dim, attn.heads, teva.width)
+            shared = TargetAttention(attn.q_proj.in_features, text_dim, attn.heads, teva.width,
+                                     zero_init=teva.form == "residual")
         self.blocks = nn.ModuleList(MaskBlock(p, text_dim, teva, shared) for p in parts)
         self.adapter = DistributionAdapter(adapter_layers, adapter_channels) if adapter_layers > 0 else None
         # (targets copy, weight versions, per-module keys/values), most recently used first

@@ -163,6 +163,8 @@ class ProposalsParams(Section):
     short_side: int = Field(96, ge=32, le=4096, description="generator input: aspect-preserving resize "
                                                             "(paper: 800 / 1333)")
     max_side: int = Field(160, ge=32, le=4096)
+    train_downsample: int = Field(1, ge=1, le=16, description="the training split's masks at 1/N resolution "
+                                                              "(max-pooled; what the mask grid needs)")
 
     @model_validator(mode="after")
     def _sides(self) -> ProposalsParams:
@@ -172,10 +174,10 @@ class ProposalsParams(Section):
 
 
 class TevaParams(Section):
-    target_attention: bool = Field(True, description="Mask-Target x-att: mask tokens x target-class text "
-                                                     "embeddings (g_q, g_k, g_v)")
-    image_attention: bool = Field(True, description="Mask-Image x-att (eq. 7); false = MaskCLIP's mask "
-                                                    "attention (+ self key)")
+    target_attention: bool = Field(True, description="TeVA: mask tokens x target-class text embeddings (g_q, g_k, "
+                                                     "g_v; eqs. 9-10) before the image step")
+    form: Literal["replace", "residual"] = Field("replace", description="replace: [MASK^] is f_q's input (eqs. "
+                                                 "7-10, random g); residual: [MASK] + TeVA, starts as MaskCLIP")
     train_targets: Literal["image", "vocabulary"] = Field("image", description="[TGT] in training: each image's "
                                                                               "classes | the vocabulary")
     width: int = Field(0, ge=0, le=65536, description="g_q/g_k/g_v width; 0 = CLIP's width, else a bottleneck")
@@ -194,7 +196,8 @@ class FiserParams(Section):
 
 class ModelParams(Section):
     teva: TevaParams = Field(default_factory=TevaParams)
-    adapter_layers: int = Field(2, ge=0, le=3, description="Distribution Adapter convs (Table IV(f)); 0 = none")
+    adapter_layers: int = Field(2, ge=0, le=3, description="Distribution Adapter convs (Table IV(f)): TeVA's "
+                                                           "mask reweighting; 0 = MaskCLIP's binary mask")
     adapter_channels: int = Field(16, ge=1, le=4096)
     fiser: FiserParams = Field(default_factory=FiserParams)
     trainable: str = Field("q", description="CLIP weights that train: q, k, v, q+k, q+v, q+k+v, mlp, all, "
@@ -225,6 +228,15 @@ class LossWeights(Section):
     generator: float = Field(1.0, ge=0, le=1000, description="Mask2Former's own loss (model.tune_generator)")
 
 
+class MatchWeights(Section):
+    """Mask2Former's HungarianMatcher costs (MaskCLIP's COCO config)."""
+
+    class_weight: float = Field(2.0, ge=0, le=1000)
+    mask_weight: float = Field(5.0, ge=0, le=1000, description="sigmoid BCE on sampled points")
+    dice_weight: float = Field(5.0, ge=0, le=1000, description="dice on sampled points")
+    points: int = Field(12544, ge=1, le=10_000_000, description="points sampled per image (112 x 112)")
+
+
 class TrainParams(Section):
     iterations: int = Field(1000, ge=1, le=100_000_000)
     batch_size: int = Field(8, ge=1, le=65536, description="the global batch (split over train.gpus)")
@@ -242,8 +254,17 @@ class TrainParams(Section):
     checkpoint_every: int = Field(100, ge=1, le=100_000_000)
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where native)")
     loss_weights: LossWeights = Field(default_factory=LossWeights)
-    assign_iou: float = Field(0.5, gt=0, le=1, description="a proposal learns the class of the gt segment it "
-                                                           "overlaps by IoU >= this")
+    assignment: Literal["hungarian", "iou"] = Field("hungarian", description="proposal targets: bipartite "
+                                                    "matching (MaskCLIP) | IoU >= assign_iou (several per segment)")
+    match: MatchWeights = Field(default_factory=lambda: MatchWeights())
+    no_object_weight: float = Field(0.0, ge=0, le=1, description="CE weight of unmatched proposals' no-object "
+                                                                 "target (MaskCLIP's COCO config: 0.0)")
+    no_object_text: str = Field("other", min_length=1, description="the no-object class appended to the training "
+                                                                   "vocabulary (MaskCLIP: 'other')")
+    assign_iou: float = Field(0.5, gt=0, le=1, description="assignment: iou: the IoU a proposal needs to learn a "
+                                                           "segment's class")
+    decay_exempt: Literal["norm+embed", "1d"] = Field("norm+embed", description="no weight decay for: norms and "
+                                                      "embeddings (MaskCLIP) | every 1-D parameter")
     mask_source: Literal["proposals", "gt", "both"] = "both"
     max_masks: int = Field(24, ge=1, le=10000)
     num_workers: int = Field(0, ge=0, le=256)
@@ -265,6 +286,10 @@ class EvaluateParams(Section):
     test_short_side: int = Field(64, ge=16, le=4096, description="paper: 800")
     test_max_side: int = Field(107, ge=16, le=8192, description="paper: 1333")
     object_threshold: float = Field(0.3, ge=0, lt=1, description="panoptic merging: minimum segment score")
+    score: Literal["class", "objectness_x_class"] = Field("class", description="segment score: class probability "
+                                                          "(MaskCLIP/Mask2Former) | x the generator's objectness")
+    classifier_input: Literal["square", "aspect"] = Field("square", description="classifier sees the image squashed "
+                                                          "to R x R (MaskCLIP) | the test resize, aspect kept")
     overlap_threshold: float = Field(0.6, gt=0, le=1, description="panoptic merging: kept fraction of a mask")
     max_images: int = Field(0, ge=0, le=100_000_000, description="0 = all")
 

@@ -14,8 +14,9 @@ from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
 from pipeline.device import init_seed_and_device
-from pipeline.eval.efficiency import compare_vocabularies, time_end_to_end
+from pipeline.eval.efficiency import compare_vocabularies, model_accounting, time_end_to_end
 from pipeline.eval.predict import build_segmenter
+from pipeline.presets import preset_params
 from stages.common import parser, run, tracker
 
 
@@ -31,7 +32,7 @@ def main(args, params: Params) -> dict:
         ds = BenchmarkDataset(get_benchmark(name), root)
         runs[name] = (ds, ProposalStore(store), ready.text_embeddings(ds.vocab))
     figures = compare_vocabularies(model, runs, repeats=3, n_images=bp.n_images, n_proposals=bp.n_proposals,
-                                   short=ev.test_short_side, max_size=ev.test_max_side, device=device)
+                                   evaluate=ev, device=device)
     train = json.loads(Path(args.train_metrics).read_text())
     small, large = figures[bp.small_vocab], figures[bp.large_vocab]
     metrics = {**count_parameters(model), "train_seconds": train["train_seconds"], "gpu_hours": train["gpu_hours"],
@@ -53,6 +54,11 @@ def main(args, params: Params) -> dict:
         del segmenter  # freed before the next vocabulary's generator and classifier are built
     metrics.update({"end_to_end": end_to_end, "precision": "fp32",
                     "scope": "end to end (generator + classifier + panoptic merging), text embeddings cached"})
+    # Table II's accounting, counted on the meta device: this run's classifier and the paper preset's
+    paper = preset_params("paper")
+    metrics["accounting"] = {
+        "this_run": model_accounting(params.backbones.clip, params.model, bp.n_proposals),
+        "paper_preset": model_accounting(paper.backbones.clip, paper.model, paper.benchmark.n_proposals)}
     write_metrics(args.metrics, metrics)
     with tracker(params, "benchmark") as t:
         t.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -11,7 +11,8 @@ from stages.common import parser, run, tracker
 def main(args, params: Params) -> dict:
     stats = compute_proposals(args.benchmark, data_root=params.data.root, generator=params.backbones.generator,
                               proposals=params.proposals, backbones_dir=args.backbones, out_dir=args.out,
-                              device=pick_device(params.device), generator_dir=args.generator)
+                              device=pick_device(params.device), generator_dir=args.generator,
+                              downsample=args.downsample)
     write_metrics(args.metrics, stats)
     with tracker(params, "proposals", run_name=f"proposals@{args.benchmark}") as t:
         t.log_metrics(stats)
@@ -20,6 +21,8 @@ def main(args, params: Params) -> dict:
 
 def build_parser():
     ap = parser(__doc__, "benchmark", "backbones", "out", "metrics")
+    ap.add_argument("--downsample", type=int, default=1, help="keep masks at 1/N resolution (the training split: "
+                                                                 "proposals.train_downsample)")
     ap.add_argument("--generator", default="", help="a saved Mask2Former folder replacing the params' one (the "
                                                     "tuned generator of a model.tune_generator run)")
     return ap

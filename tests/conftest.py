@@ -41,10 +41,19 @@ def coco_root(tmp_path_factory) -> Path:
     return root
 
 
+def no_object_embedding(dim: int):
+    """A fixed unit vector standing for the no-object class's text embedding ("other") in tests."""
+    import torch
+    import torch.nn.functional as F
+
+    return F.normalize(torch.randn(1, dim, generator=torch.Generator().manual_seed(99)), dim=-1)
+
+
 def run_recipe(model, train_set, text_fn, *, out_dir, iterations: int, batch_size: int = 2, lr: float = 1e-3,
                weight_decay: float = 0.05, backbone_lr_mult: float = 0.1, warmup_iters: int = 0,
                schedule: str = "constant", checkpoint_every: int = 10, loss_weights: dict | None = None,
-               amp: bool = False, seed: int = 0, device=None, config: dict | None = None, generator_tuner=None) -> dict:
+               amp: bool = False, seed: int = 0, device=None, config: dict | None = None, generator_tuner=None,
+               assignment: str = "hungarian") -> dict:
     """Train ``model`` with the pipeline's TrainingRecipe from a few explicit knobs (tests only)."""
     import torch
 
@@ -54,8 +63,10 @@ def run_recipe(model, train_set, text_fn, *, out_dir, iterations: int, batch_siz
     lw = loss_weights or {"ce": 2.0, "fiser": 1.0}
     cfg = TrainParams(iterations=iterations, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       backbone_lr_mult=backbone_lr_mult, warmup_iters=warmup_iters, schedule=schedule,
-                      checkpoint_every=checkpoint_every, amp=amp, loss_weights=LossWeights(**lw))
+                      checkpoint_every=checkpoint_every, amp=amp, loss_weights=LossWeights(**lw),
+                      assignment=assignment)
     recipe = TrainingRecipe(model, train_set, text_fn, cfg, seed=seed, device=device or torch.device("cpu"),
-                            checkpoint_dir=out_dir, identity=config or {}, generator_tuner=generator_tuner)
+                            checkpoint_dir=out_dir, identity=config or {}, generator_tuner=generator_tuner,
+                            no_object_source=lambda: no_object_embedding(model.embed_dim))
     recipe.setup()
     return recipe.train()

@@ -112,10 +112,10 @@ def test_training_hook_sets_a_truncated_last_checkpoint_aside(tmp_path, toy_root
 
     torch.manual_seed(0)
     clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True, True), adapter_layers=1, fiser_layers=1)
+    model = FOVSeg(clip, TevaConfig(True), adapter_layers=1, fiser_layers=1)
     select_trainable(model, "q")
     ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
-    ts = TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 12)
+    ts = TrainSet(ds, None, 64, 0.5, 1.5, "gt", 12, image_size=64, grid=32)
     emb = F.normalize(torch.randn(len(ds.vocab), model.embed_dim), dim=-1)
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 truncated")
     out = run_recipe(model, ts, lambda: emb, out_dir=tmp_path, iterations=2, batch_size=2, lr=1e-3, weight_decay=0.05,

@@ -185,7 +185,7 @@ def test_attention_writes_original_vs_trained_maps(tiny_backbones, tiny_checkpoi
     from pipeline.eval.attention import patch_class_maps
 
     img = read_image(image)
-    size = classifier_input_size(*img.shape[:2], params.evaluate.test_short_side, params.evaluate.test_max_side,
+    size = classifier_input_size(*img.shape[:2], params.evaluate, models["trained"][0].image_size,
                                  models["trained"][0].visual.patch_size)
     maps = {k: patch_class_maps(m, t, img, size) for k, (m, t) in models.items()}
     assert maps["trained"].shape[0] == 3 and np.allclose(maps["trained"].sum(0), 1.0, atol=1e-4)

@@ -27,7 +27,7 @@ from models.text_cache import TextEmbeddingCache, clip_text_encoder, differentia
 from models.trainable import select_trainable
 from pipeline.build.backbones import TOY_CLIP_FILE
 from pipeline.checkpoints import load_checkpoint
-from pipeline.config import ClipParams, ModelParams
+from pipeline.config import ClipParams, EvaluateParams, ModelParams
 from pipeline.data.transforms import eval_resize_shape
 from pipeline.data.vocab import Vocabulary
 from pipeline.errors import CheckpointError, WeightsUnavailableError
@@ -87,13 +87,19 @@ class ReadyClassifier:
                 lambda p: self.model.clip.encode_text(self.tokenizer(p).to(self.device)), synonyms, self.templates)
         return encode
 
-    def input_size(self, height: int, width: int, short_side: int, max_side: int) -> tuple[int, int]:
-        """Classifier input (h, w) for an image: the test-time resize rounded to the patch size."""
-        return classifier_input_size(height, width, short_side, max_side, self.model.visual.patch_size)
+    def input_size(self, height: int, width: int, evaluate: EvaluateParams) -> tuple[int, int]:
+        """Classifier input (h, w) for a ``height x width`` image (:func:`classifier_input_size`)."""
+        return classifier_input_size(height, width, evaluate, self.model.image_size, self.model.visual.patch_size)
 
 
-def classifier_input_size(h: int, w: int, short: int, max_size: int, patch: int) -> tuple[int, int]:
-    th, tw = eval_resize_shape(h, w, short, max_size)
+def classifier_input_size(h: int, w: int, evaluate: EvaluateParams, image_size: int, patch: int
+                          ) -> tuple[int, int]:
+    """The classifier's input at test time: ``square`` (MaskCLIP's ``clip_prep`` Resize((R, R)), R =
+    ``backbones.clip.image_size``, as in training) or ``aspect`` (the test resize, short side
+    ``test_short_side``, long side at most ``test_max_side``, rounded to the patch size)."""
+    if evaluate.classifier_input == "square":
+        return image_size, image_size
+    th, tw = eval_resize_shape(h, w, evaluate.test_short_side, evaluate.test_max_side)
     return max(patch, round(th / patch) * patch), max(patch, round(tw / patch) * patch)
 
 
@@ -121,7 +127,7 @@ def clip_weights_id(clip_params: ClipParams, backbones_dir: str | Path) -> str:
 def new_classifier(clip, model_params: ModelParams, image_size: int, tokenizer=None) -> FOVSeg:
     """FOV-Seg around ``clip`` as ``model_params`` describe it (no trainable selection applied)."""
     t = model_params.teva
-    return FOVSeg(clip, TevaConfig(t.target_attention, t.image_attention, t.width, t.shared),
+    return FOVSeg(clip, TevaConfig(t.target_attention, t.form, t.width, t.shared),
                   adapter_layers=model_params.adapter_layers, adapter_channels=model_params.adapter_channels,
                   fiser_layers=model_params.fiser.layers if model_params.fiser.enabled else 0,
                   fiser_heads=model_params.fiser.heads, image_size=image_size,
@@ -166,13 +172,12 @@ def build_classifier(clip_params: ClipParams, model_params: ModelParams, backbon
 
 @torch.inference_mode()
 def classify_image(ready: ReadyClassifier, image: np.ndarray, masks: np.ndarray | torch.Tensor, text: torch.Tensor,
-                   size: tuple[int, int]) -> torch.Tensor:
+                   evaluate: EvaluateParams) -> torch.Tensor:
     """(Q, C) class probabilities (float32, CPU) of the (Q, H, W) ``masks`` of one HxWx3 uint8 ``image``
-    against the (C, E) ``text`` embeddings. ``size`` is the test-time resize ``(short_side, max_side)``;
-    the classifier input is that resize rounded to the patch size."""
+    against the (C, E) ``text`` embeddings, the image resized as :func:`classifier_input_size` says."""
     model, device = ready.model.eval(), ready.device
     h, w = image.shape[:2]
     masks_t = torch.as_tensor(masks)
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
-    logits = model(x, masks_t[None].to(device), text.to(device), size=ready.input_size(h, w, *size))["logits"][0]
+    logits = model(x, masks_t[None].to(device), text.to(device), size=ready.input_size(h, w, evaluate))["logits"][0]
     return logits.float().softmax(-1).cpu()

@@ -129,6 +129,16 @@ class BenchmarkDataset:
         return [Path(f).stem for f in self._files]
 
     def __getitem__(self, index: int) -> Sample:
+        return self.sample(index)
+
+    def training_sample(self, index: int) -> Sample:
+        """What training reads: the image and its panoptic segments, without the semantic map (the loss
+        never uses it); semantic-only benchmarks carry their label map (turned into segments by
+        :func:`pipeline.data.semantic.with_class_segments`)."""
+        return self.sample(index, semantic=self.bench.task != "panoptic")
+
+    def sample(self, index: int, semantic: bool = True) -> Sample:
+        """Image ``index`` with its ground truth; ``semantic=False`` skips the semantic map of a panoptic one."""
         file_name = self._files[index]
         image = read_image(self.image_dir / file_name)
         ignore = self.bench.ignore_label
@@ -139,7 +149,9 @@ class BenchmarkDataset:
             segments = self._segments(ann, id_map, png)
             if id_map.shape != image.shape[:2]:
                 raise DatasetError(f"{png}: size {id_map.shape} differs from its image {image.shape[:2]}")
-            if self.bench.semantic_source == "labels":
+            if not semantic:
+                sem = None
+            elif self.bench.semantic_source == "labels":
                 sem = self._label_map(file_name, image.shape[:2])
             else:
                 sem = semantic_from_panoptic(id_map, segments, ignore)
@@ -185,12 +197,14 @@ class BenchmarkDataset:
 
 
 def iter_samples(ds: BenchmarkDataset, limit: int = 0, strict: bool = False,
-                 stats: Counter | None = None) -> Iterator[Sample]:
-    """Iterate lazily. With ``strict=False`` an unreadable image is skipped with a warning and counted
-    in ``stats['skipped']``; images without segments are yielded and counted in ``stats['empty']``."""
+                 stats: Counter | None = None, indices: list[int] | None = None) -> Iterator[Sample]:
+    """Iterate lazily over ``indices`` (default: all, or the first ``limit``). With ``strict=False`` an
+    unreadable image is skipped with a warning and counted in ``stats['skipped']``; images without segments are
+    yielded and counted in ``stats['empty']``."""
     stats = stats if stats is not None else Counter()
-    n = len(ds) if limit <= 0 else min(limit, len(ds))
-    for i in range(n):
+    if indices is None:
+        indices = list(range(len(ds) if limit <= 0 else min(limit, len(ds))))
+    for i in indices:
         try:
             sample = ds[i]
         except DatasetError as exc:

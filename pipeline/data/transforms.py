@@ -1,46 +1,77 @@
-"""Augmentation applied identically to an image, its ground truth and its proposals.
+"""Geometry shared by an image, its ground truth and its proposals.
 
-Large-scale jitter (LSJ): resize by a random factor of the crop size in [min_scale, max_scale],
-then a fixed-size crop, padding where the image is smaller (image 0, segment ids 0 = void,
-proposals 0). Test time: short side ``short``, long side at most ``max_size``.
-
-torchvision is imported by the training transforms only (about 1 s with the parts of torch it pulls in), so
-the stages that only need :func:`eval_resize_shape` (proposals) start without it.
+Training: large-scale jitter (LSJ; detectron2's ResizeScale + FixedSizeCrop, torchvision's ScaleJitter +
+RandomCrop): the image is scaled by ``s * min(crop / H, crop / W)`` with s uniform in [min_scale, max_scale], a
+``crop x crop`` window is cut at a uniform offset (padded at the bottom/right where the scaled image is
+smaller: image 0, segment ids 0 = void, masks off), and flipped horizontally with probability 1/2. The window
+is drawn once (:func:`draw_lsj`) as a rectangle of the *source* image, so every output is one resampling of the
+source: the image straight to the classifier's R x R input (antialiased bilinear), label maps and masks straight
+to the classifier's mask grid (nearest, at cell centres; :func:`sample_labels`). Test time: short side ``short``,
+long side at most ``max_size`` (:func:`eval_resize_shape`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
-import torch
-
-if TYPE_CHECKING:
-    from torchvision.transforms import v2
+from PIL import Image
 
 
-def lsj_transform(crop_size: int, min_scale: float, max_scale: float) -> v2.Transform:
-    from torchvision import tv_tensors
-    from torchvision.transforms import v2
+@dataclass(frozen=True)
+class Window:
+    """The source rectangle ``[x0, x0 + side) x [y0, y0 + side)`` (source pixels; it may reach past the image)
+    that becomes the square output, mirrored when ``flip``."""
 
-    fill = {tv_tensors.Image: 0, tv_tensors.Mask: 0, "others": 0}
-    return v2.Compose([
-        v2.ScaleJitter((crop_size, crop_size), scale_range=(min_scale, max_scale), antialias=True),
-        v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill),
-        v2.RandomHorizontalFlip(),
-    ])
+    x0: float
+    y0: float
+    side: float
+    flip: bool
 
 
-def apply_joint(transform: v2.Transform, image: np.ndarray, id_map: np.ndarray, proposals: np.ndarray
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Apply one random draw of ``transform`` to image (HxWx3 uint8), id map (HxW) and proposals (NxHxW)."""
-    from torchvision import tv_tensors
+def draw_lsj(height: int, width: int, crop: int, min_scale: float, max_scale: float,
+             rng: np.random.Generator) -> Window:
+    """One LSJ draw for a ``height x width`` source image (see the module docstring)."""
+    scale = rng.uniform(min_scale, max_scale) * min(crop / height, crop / width)
+    scaled_h, scaled_w = round(height * scale), round(width * scale)
+    oy = int(rng.integers(0, max(scaled_h - crop, 0) + 1))
+    ox = int(rng.integers(0, max(scaled_w - crop, 0) + 1))
+    flip = bool(rng.random() < 0.5)
+    return Window(ox / scale, oy / scale, crop / scale, flip)
 
-    img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-    ids = tv_tensors.Mask(torch.from_numpy(id_map.astype(np.int64))[None])
-    props = tv_tensors.Mask(torch.from_numpy(proposals.astype(np.uint8)))
-    out_img, out_ids, out_props = transform(img, ids, props)
-    return out_img.as_subclass(torch.Tensor), out_ids[0].as_subclass(torch.Tensor), \
-        out_props.as_subclass(torch.Tensor).bool()
+
+def crop_image(image: np.ndarray, window: Window, size: int) -> np.ndarray:
+    """The window of an HxWx3 uint8 ``image`` resampled to ``size x size`` (antialiased bilinear; 0 outside)."""
+    h, w = image.shape[:2]
+    x1, y1 = min(window.x0 + window.side, w), min(window.y0 + window.side, h)
+    per_px = size / window.side
+    out_w = min(size, max(1, round((x1 - window.x0) * per_px)))
+    out_h = min(size, max(1, round((y1 - window.y0) * per_px)))
+    part = Image.fromarray(image).resize((out_w, out_h), Image.BILINEAR, box=(window.x0, window.y0, x1, y1))
+    out = np.zeros((size, size, 3), np.uint8)
+    out[:out_h, :out_w] = np.asarray(part)
+    return np.ascontiguousarray(out[:, ::-1]) if window.flip else out
+
+
+def _axis(start: float, side: float, n_out: int, src_size: int, full_size: int) -> tuple[np.ndarray, np.ndarray]:
+    centres = start + (np.arange(n_out) + 0.5) * side / n_out  # in full-resolution source pixels
+    valid = centres < full_size
+    idx = np.clip((centres * src_size / full_size).astype(np.int64), 0, src_size - 1)
+    return idx, valid
+
+
+def sample_labels(labels: np.ndarray, window: Window, grid: int, full_hw: tuple[int, int]) -> np.ndarray:
+    """``labels`` (..., h, w): any integer or boolean maps (segment ids, masks) covering a ``full_hw`` source
+    image, possibly at a lower resolution, sampled at the centres of a ``grid x grid`` output (nearest neighbour);
+    cells outside the image are 0 / False."""
+    h, w = labels.shape[-2:]
+    ys, vy = _axis(window.y0, window.side, grid, h, full_hw[0])
+    xs, vx = _axis(window.x0, window.side, grid, w, full_hw[1])
+    if window.flip:
+        xs, vx = xs[::-1], vx[::-1]
+    out = labels[..., ys[:, None], xs[None, :]]
+    if not (vy.all() and vx.all()):
+        out = out * (vy[:, None] & vx[None, :])
+    return out
 
 
 def eval_resize_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
@@ -49,4 +80,3 @@ def eval_resize_shape(height: int, width: int, short: int, max_size: int) -> tup
     if max(height, width) * scale > max_size:
         scale = max_size / max(height, width)
     return int(round(height * scale)), int(round(width * scale))
-

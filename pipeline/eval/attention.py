@@ -76,7 +76,7 @@ def attention_figure(models: dict, image: np.ndarray, names: list[str], params, 
     from pipeline.build.classifier import classifier_input_size
 
     any_model = next(iter(models.values()))[0]
-    size = classifier_input_size(*image.shape[:2], params.evaluate.test_short_side, params.evaluate.test_max_side,
+    size = classifier_input_size(*image.shape[:2], params.evaluate, any_model.image_size,
                                  any_model.visual.patch_size)
     maps = {k: patch_class_maps(m, t, image, size) for k, (m, t) in models.items()}
     return render(image, maps, names, title)

@@ -17,6 +17,7 @@ import torch
 
 from models.classifier import FOVSeg
 from pipeline.build.classifier import classifier_input_size
+from pipeline.config import ClipParams, EvaluateParams, ModelParams
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 
@@ -50,10 +51,9 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
 
 @torch.inference_mode()
 def time_inference(model: FOVSeg, ds: BenchmarkDataset, store: ProposalStore, text: torch.Tensor, n_images: int,
-                   n_proposals: int, short: int, max_size: int, device: torch.device) -> float:
+                   n_proposals: int, evaluate: EvaluateParams, device: torch.device) -> float:
     """Seconds per image for the classifier on the first ``n_images`` (proposals padded/cut to ``n_proposals``)."""
     model.eval().to(device)
-    patch = model.visual.patch_size
     times = []
     for i in range(min(n_images, len(ds))):
         s = ds[i]
@@ -61,7 +61,7 @@ def time_inference(model: FOVSeg, ds: BenchmarkDataset, store: ProposalStore, te
         h, w = s.image.shape[:2]
         m = np.zeros((n_proposals, h, w), bool)
         m[: min(len(masks), n_proposals)] = masks[:n_proposals]
-        size = classifier_input_size(h, w, short, max_size, patch)
+        size = classifier_input_size(h, w, evaluate, model.image_size, model.visual.patch_size)
         image = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device)
         masks_t = torch.from_numpy(m)[None].to(device)
         if device.type == "cuda":
@@ -104,3 +104,41 @@ def time_end_to_end(segment, ds: BenchmarkDataset, n_images: int, device: torch.
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
     return {"images_per_s": 1 / statistics.median(times[1:] or times), "peak_memory_mb": mem["peak_mb"]}
+
+
+def model_accounting(clip: ClipParams, model: ModelParams, n_proposals: int,
+                     vocab_sizes: tuple[int, ...] = (150, 847)) -> dict:
+    """Table II's accounting for the classifier ``clip`` and ``model`` describe, built on the meta device (no
+    weights, no memory): the trainable parameters kept after training (the FiSeR predictor is discarded) and, per
+    vocabulary size, the per-image FLOPs at ``clip.image_size`` with ``n_proposals`` masks and the
+    vocabulary-dependent share (TeVA's attention over the targets + the final classification: linear in the
+    number of classes C, F(C) = F_0 + a C, solved from the two smallest sizes). TeVA's g_k/g_v projections of a
+    vocabulary run once per vocabulary (cached), not per image, and are not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.clip_backbone import build_clip
+    from models.trainable import select_trainable
+    from pipeline.build.classifier import new_classifier
+
+    with torch.device("meta"):
+        clip_model, _ = build_clip(clip.model, allow_random=True, device="meta")
+        classifier = new_classifier(clip_model, model, clip.image_size).eval()
+    select_trainable(classifier, model.trainable, tune_text=model.tune_text)
+    kept = sum(p.numel() for n, p in classifier.named_parameters() if p.requires_grad and not n.startswith("fiser."))
+    size = clip.image_size
+    images = torch.zeros(1, 3, size, size, device="meta")
+    masks = torch.zeros(1, n_proposals, classifier.mask_grid, classifier.mask_grid, device="meta")
+    flops = {}
+    for c in vocab_sizes:
+        text = torch.zeros(c, classifier.embed_dim, device="meta")
+        with torch.no_grad():
+            classifier.prepare_vocabulary(text)
+            with FlopCounterMode(display=False) as counter:
+                classifier(images, masks, text)
+        flops[c] = int(counter.get_total_flops())
+    c1, c2 = sorted(vocab_sizes)[:2]
+    slope = (flops[c2] - flops[c1]) / (c2 - c1)
+    return {"model": clip.model, "image_size": size, "proposals": n_proposals, "trainable_kept": kept,
+            "teva_width": model.teva.width, "teva_shared": model.teva.shared,
+            "flops": {str(c): f for c, f in flops.items()},
+            "vocab_flops_share": {str(c): slope * c / flops[c] for c in vocab_sizes}}

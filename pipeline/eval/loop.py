@@ -24,7 +24,7 @@ from tqdm import tqdm
 from models.generators import oracle_proposals
 from models.inference import merge_proposals, oracle_class_probs
 from pipeline.build.classifier import ReadyClassifier, build_classifier, classify_image
-from pipeline.config import ClipParams, DataParams, EvaluateParams, ModelParams
+from pipeline.config import ClipParams, DataParams, EvaluateParams, ModelParams, override
 from pipeline.data.formats import bbox_of, write_json, write_label_map, write_panoptic_png
 from pipeline.data.loaders import BenchmarkDataset, Sample, check_images_evaluated, iter_samples
 from pipeline.data.proposal_store import ProposalStore
@@ -88,13 +88,13 @@ class ClassifierSource(Protocol):
 class ModelClassifier:
     """The FOV-Seg classifier against the text embeddings of the benchmark's vocabulary."""
 
-    def __init__(self, ready: ReadyClassifier, vocab: Vocabulary, short_side: int, max_side: int):
-        self.ready, self.size = ready, (short_side, max_side)
+    def __init__(self, ready: ReadyClassifier, vocab: Vocabulary, evaluate: EvaluateParams):
+        self.ready, self.evaluate = ready, evaluate
         self.text = ready.text_embeddings(vocab)
         self.device = ready.device
 
     def __call__(self, sample: Sample, masks: np.ndarray) -> torch.Tensor:
-        return classify_image(self.ready, sample.image, masks, self.text, self.size)
+        return classify_image(self.ready, sample.image, masks, self.text, self.evaluate)
 
 
 class OracleClassifier:
@@ -233,9 +233,17 @@ def default_evaluators(ds: BenchmarkDataset, groups: dict[str, list[int]] | None
 @torch.inference_mode()
 def inference_on_dataset(ds: BenchmarkDataset, proposals: ProposalSource, classify: ClassifierSource,
                          evaluators: list[DatasetEvaluator], *, object_threshold: float, overlap_threshold: float,
-                         max_images: int = 0) -> dict:
+                         max_images: int = 0, score: str = "class") -> dict:
     """Run the proposal and classifier sources over ``ds`` and feed every evaluator; returns their merged
-    metrics plus ``images``, ``skipped_images``, ``empty_images`` and ``classes``."""
+    metrics plus ``images``, ``skipped_images``, ``empty_images`` and ``classes``.
+
+    ``score`` (``evaluate.score``): a segment's score is its class probability (``class``: Mask2Former's and
+    MaskCLIP's panoptic inference, softmax over the benchmark's vocabulary) or that times the generator's
+    objectness (``objectness_x_class``); the semantic map weighs masks the same way. Deliberately not copied
+    from MaskCLIP (``maskclip/model.py``): its semantic inference drops the last column of the softmax (with a
+    test vocabulary that has no appended "other", the benchmark's last real class) and its ``labels.ne(
+    num_classes)`` compares against the training vocabulary's size; here the softmax covers exactly the
+    benchmark's classes, every one of them a candidate."""
     is_thing = torch.tensor(ds.vocab.thing_mask)
     panoptic = ds.bench.task == "panoptic"
     stats: Counter = Counter()
@@ -244,6 +252,8 @@ def inference_on_dataset(ds: BenchmarkDataset, proposals: ProposalSource, classi
     for s in tqdm(iter_samples(ds, limit=max_images, stats=stats), total=max_images or len(ds),
                   desc=f"eval {ds.bench.name}"):
         masks, scores = proposals(s)
+        if score == "class":
+            scores = np.ones_like(scores)
         t0 = time.perf_counter()
         probs = classify(s, masks)
         seconds = time.perf_counter() - t0
@@ -276,6 +286,11 @@ VARIANTS = {"trained": ("trained", "proposals"), "oracle_generator": ("trained",
 STAGE_VARIANTS = ("trained", "oracle_generator", "oracle_classifier", "baseline")
 
 
+def maskclip_architecture(model: ModelParams) -> ModelParams:
+    """``model`` without the paper's modules: MaskCLIP's classifier (Table IV(j)'s MaskCLIP row)."""
+    return override(model, {"teva.target_attention": False, "adapter_layers": 0, "fiser.enabled": False})
+
+
 def evaluate_benchmark(benchmark: str, *, data: DataParams, clip: ClipParams, model: ModelParams,
                        evaluate: EvaluateParams, seed: int, device: torch.device | str, backbones_dir: str | Path,
                        checkpoint: str | Path | None, proposals_dir: str | Path | None,
@@ -283,8 +298,9 @@ def evaluate_benchmark(benchmark: str, *, data: DataParams, clip: ClipParams, mo
                        variants: tuple[str, ...] = STAGE_VARIANTS) -> dict:
     """Metrics of one benchmark (percent) for each of ``variants`` (:data:`VARIANTS`): the trained classifier on
     the stored proposals (``trained``), on ground-truth masks (``oracle_generator``), ground-truth labels on the
-    stored proposals (``oracle_classifier``) and the untrained classifier (``baseline``: CLIP zero-shot mask
-    classification, the same classifier before training; ``baseline_oracle_generator`` on ground-truth masks).
+    stored proposals (``oracle_classifier``) and the untrained classifier (``baseline``: MaskCLIP's zero-shot
+    mask classification with CLIP's own weights, no TeVA, no adapter; ``baseline_oracle_generator`` on
+    ground-truth masks).
 
     The first variant gives the headline metrics (and the predictions written to ``predictions_dir``); the others
     are sub-dicts under their names. With ``trained`` and ``baseline`` both run, ``per_class`` compares them."""
@@ -300,10 +316,12 @@ def evaluate_benchmark(benchmark: str, *, data: DataParams, clip: ClipParams, mo
             if kind == "oracle":
                 classifiers[kind] = OracleClassifier(len(ds.vocab))
             else:
-                seed_everything(seed)  # the new modules' initialisation (the untrained baseline keeps it)
-                ready = build_classifier(clip, model, backbones_dir, device,
+                seed_everything(seed)
+                # untrained = MaskCLIP zero-shot: CLIP's own weights, mask attention without TeVA or adapter
+                arch = model if kind == "trained" else maskclip_architecture(model)
+                ready = build_classifier(clip, arch, backbones_dir, device,
                                          checkpoint=checkpoint if kind == "trained" else None)
-                classifiers[kind] = ModelClassifier(ready, ds.vocab, evaluate.test_short_side, evaluate.test_max_side)
+                classifiers[kind] = ModelClassifier(ready, ds.vocab, evaluate)
         return classifiers[kind]
 
     results = {}
@@ -313,7 +331,7 @@ def evaluate_benchmark(benchmark: str, *, data: DataParams, clip: ClipParams, mo
         results[name] = inference_on_dataset(
             ds, proposals, classifier(kind), default_evaluators(ds, groups, predictions_dir if i == 0 else None),
             object_threshold=evaluate.object_threshold, overlap_threshold=evaluate.overlap_threshold,
-            max_images=evaluate.max_images)
+            max_images=evaluate.max_images, score=evaluate.score)
     head = results[variants[0]]
     metrics = {k: head[k] for k in HEADLINE if k in head}
     metrics.update({"benchmark": benchmark, "images": head["images"],

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.build.classifier import ReadyClassifier, build_classifier, classify_image
 from pipeline.build.generator import build_generator
+from pipeline.config import EvaluateParams
 from pipeline.data.formats import atomic_path, bbox_of, read_image, write_json, write_panoptic_png
 from pipeline.data.vocab import Vocabulary, load_vocabulary, packaged_vocabularies, vocabulary_from_names
 from pipeline.errors import CheckpointError, FovsegError
@@ -209,9 +210,8 @@ class Segmenter:
     ready: ReadyClassifier
     text: torch.Tensor
     is_thing: torch.Tensor
-    size: tuple[int, int]  # test-time resize (short side, max side) of the classifier input
+    evaluate: EvaluateParams  # the classifier's input size and the segment score (evaluate.score)
     object_threshold: float
-    overlap_threshold: float
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, list[dict], np.ndarray, int]:
         from models.inference import merge_proposals
@@ -222,10 +222,11 @@ class Segmenter:
             masks = torch.from_numpy(props.masks)
             if len(masks) == 0:
                 return np.zeros((h, w), np.int32), [], np.full((h, w), -1, np.int64), 0
-            probs = classify_image(self.ready, image, masks, self.text, self.size)
-            semantic, id_map, segs = merge_proposals(probs, masks, torch.from_numpy(props.scores), self.is_thing,
-                                                     self.object_threshold, self.overlap_threshold,
-                                                     device=self.ready.device)
+            probs = classify_image(self.ready, image, masks, self.text, self.evaluate)
+            objectness = torch.from_numpy(props.scores) if self.evaluate.score == "objectness_x_class" else \
+                torch.ones(len(props.scores))
+            semantic, id_map, segs = merge_proposals(probs, masks, objectness, self.is_thing, self.object_threshold,
+                                                     self.evaluate.overlap_threshold, device=self.ready.device)
         return id_map.numpy(), segs, semantic.numpy(), len(props.masks)
 
 
@@ -239,8 +240,7 @@ def build_segmenter(params, vocab: Vocabulary, backbones: str, checkpoint: str |
                               "or use --zero-shot to classify with the pretrained CLIP alone")
     ready = build_classifier(params.backbones.clip, params.model, backbones, device, checkpoint=checkpoint)
     return Segmenter(generator, ready, ready.text_embeddings(vocab), torch.tensor([c.isthing for c in vocab.classes]),
-                     (params.evaluate.test_short_side, params.evaluate.test_max_side), threshold,
-                     params.evaluate.overlap_threshold)
+                     params.evaluate, threshold)
 
 
 # ----------------------------------------------------------------------------- driver

@@ -26,6 +26,7 @@ from pipeline.report.figures import copy_attention, plot_curve, plot_fig2, plot_
 from pipeline.report.tables import (
     FIGURES,
     MIOU_NOTE,
+    accounting_table,
     fig2_table,
     inference_table,
     paper_tables,
@@ -69,6 +70,7 @@ def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str, expe
     tables += [table4(grid, s) for grid, s in sweeps.items()]
     status = status_table(evals, expected or [])
     inference = inference_table(bench)
+    accounting = accounting_table(bench)
     toy = toy_table(evals) if evals else None
     f2 = fig2_table(evals)
     figs = tmp / FIGURES  # PNGs only: dvc.yaml declares this folder as image plots
@@ -84,6 +86,8 @@ def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str, expe
              "n/a = no such value.", "", "## Benchmarks of this run", "", status.write(tmp), ""]
     for t in tables:
         lines += [f"## {t.caption}", "", t.write(tmp), ""]
+        if t.stem == "table2" and accounting is not None:
+            lines += [f"### {accounting.caption}", "", accounting.write(tmp), ""]
     if not sweeps:
         lines += ["## Table IV", "", "No sweep results (`metrics/sweeps/*.json`): run `fovseg sweep <grid>`.", ""]
     lines += ["## Fig. 2: oracle classifier vs oracle generator", "", f2.write(tmp), ""]

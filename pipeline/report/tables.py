@@ -223,6 +223,31 @@ def table2(bench: dict | None, evals: dict[str, dict], panoptic_trained: bool = 
                  ["method", *[TABLE2_TITLES[k] for k in keys]], rows, notes)
 
 
+def accounting_table(bench: dict | None) -> Table | None:
+    """Table II's trainable parameters and the vocabulary-dependent FLOPs share (Sec. V-D: about 0.09%),
+    computed from the built classifiers (meta device): the paper preset's and this run's."""
+    acc = (bench or {}).get("accounting")
+    if not acc:
+        return None
+    paper = paper_tables()["table2_efficiency"]["rows"][PAPER_ROW]
+    paper_trainable = paper[paper_tables()["table2_efficiency"]["columns"].index("trainable_params_M")]
+    rows = [["FOV-Seg (paper)", "ViT-L/14-336", fmt(paper_trainable), NA, "0.09"]]
+    for label, key in (("paper preset, built here", "paper_preset"), ("this run's classifier", "this_run")):
+        a = acc.get(key)
+        if a:
+            share = a["vocab_flops_share"]
+            teva = f"TeVA width {a['teva_width'] or 'full'}{', shared' if a['teva_shared'] else ''}"
+            rows.append([label, f"{a['model']} at {a['image_size']} px, {teva}", fmt(a["trainable_kept"] / 1e6),
+                         f"{100 * share['150']:.3f}", f"{100 * share['847']:.3f}"])
+    return Table("table2_accounting", "Table II accounting: trainable parameters and vocabulary FLOPs",
+                 ["classifier", "configuration", "trainable kept (M)", "vocab FLOPs % (150)",
+                  "vocab FLOPs % (847)"], rows,
+                 ["Trainable parameters kept after training (the FiSeR predictor is discarded); vocabulary-dependent "
+                  "FLOPs: TeVA's attention over the targets and the final classification, as a share of the "
+                  "classifier's per-image FLOPs with 100 proposals (the paper: about 0.09%). Counted on the meta "
+                  "device (pipeline/eval/efficiency.py)."])
+
+
 def inference_table(bench: dict | None) -> Table | None:
     """Images/s and peak memory for every benchmark the benchmark stage measured (toy ones included)."""
     if not bench or not bench.get("inference"):

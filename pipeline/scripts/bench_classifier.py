@@ -64,7 +64,7 @@ def run(model_name: str, size: int, proposals: int, repeats: int, batch: int = 1
     torch.manual_seed(0)
     clip, _ = build_clip(model_name, allow_random=True)
     clip.eval()
-    model = FOVSeg(copy.deepcopy(clip), TevaConfig(True, True), adapter_layers=2, image_size=size).eval()
+    model = FOVSeg(copy.deepcopy(clip), TevaConfig(True), adapter_layers=2, image_size=size).eval()
     plain = clip_at_size(clip, model, size).eval()
     images = torch.rand(batch, 3, size, size) * 255
     masks = (torch.rand(batch, proposals, size // 4, size // 4) > 0.5).float()
@@ -98,7 +98,7 @@ def run_end_to_end(model_name: str, size: int, image_size: int, proposals: int, 
 
     torch.manual_seed(0)
     clip, _ = build_clip(model_name, allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True, True), adapter_layers=2, image_size=size).eval()
+    model = FOVSeg(clip, TevaConfig(True), adapter_layers=2, image_size=size).eval()
     gen = build_generator(generator, proposals, torch.device("cpu"))
     e2e = EndToEnd(gen, model, classes, size, proposals, torch.device("cpu"))
     image = (torch.rand(image_size, image_size, 3) * 255).to(torch.uint8).numpy()

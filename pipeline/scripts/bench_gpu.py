@@ -132,7 +132,7 @@ class EndToEnd:
 def build_classifier(scale: Scale, device: torch.device) -> FOVSeg:
     torch.manual_seed(0)
     clip, _ = build_clip(scale.clip, allow_random=True)
-    return FOVSeg(clip, TevaConfig(True, True), adapter_layers=2, fiser_layers=scale.fiser_layers,
+    return FOVSeg(clip, TevaConfig(True), adapter_layers=2, fiser_layers=scale.fiser_layers,
                   image_size=scale.clip_size).to(device)
 
 

@@ -55,7 +55,7 @@ def breakdown(model: FOVSeg, selection: str = "q") -> dict[str, int]:
 
 def counts_for(model_name: str, selection: str, adapter_layers: int = 2, fiser_layers: int = 2,
                teva: bool = True) -> dict[str, int]:
-    model = build(model_name, TevaConfig(teva, True), adapter_layers, fiser_layers)
+    model = build(model_name, TevaConfig(teva), adapter_layers, fiser_layers)
     select_trainable(model, selection)
     counts = count_parameters(model)
     backbone = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and n.startswith("visual.blocks")

@@ -47,7 +47,7 @@ def proposals_for(params: Params, bench: str, shared: SharedInputs) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{bench}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "index.json").is_file():
+        if not (out / "meta.json").is_file():
             _compute_proposals(params, bench, shared.backbones, out)
     return out
 
@@ -56,16 +56,17 @@ def _compute_proposals(params: Params, bench: str, backbones: str, out: Path, ge
     from pipeline.build.proposals import compute_proposals
     from pipeline.device import pick_device
 
+    downsample = params.proposals.train_downsample if bench == params.data.train_benchmark else 1
     stats = compute_proposals(bench, data_root=params.data.root, generator=params.backbones.generator,
                               proposals=params.proposals, backbones_dir=backbones, out_dir=out,
-                              device=pick_device(params.device), generator_dir=generator_dir)
+                              device=pick_device(params.device), generator_dir=generator_dir, downsample=downsample)
     write_metrics(out.parent / f"{bench}.proposals.json", stats)
 
 
 def _tuned_generator_proposals(params: Params, bench: str, shared: SharedInputs, trial_dir: Path) -> Path:
     """Proposals of the generator this trial trained (``model.tune_generator``, Table IV(b)), in the trial."""
     out = trial_dir / "proposals" / bench
-    if not (out / "index.json").is_file():
+    if not (out / "meta.json").is_file():
         _compute_proposals(params, bench, shared.backbones, out, generator_dir=str(trial_dir / "mask2former"))
     return out
 

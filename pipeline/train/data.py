@@ -1,5 +1,12 @@
-"""Training data: images of the training benchmark with their stored proposals (and/or ground-truth masks),
-augmented by large-scale jitter, batched per *step* so a step's batch depends on (seed, step) only."""
+"""Training data: images of the training benchmark with their stored proposals (and/or ground-truth masks), one
+LSJ draw per image, batched per *step* so a step's batch depends on (seed, step) only.
+
+A sample leaves the loader at the resolutions the model uses, not at the crop's: the image squashed to the
+classifier's ``R x R`` input, every mask (proposals, ground-truth segments) on the classifier's mask grid
+(``R / patch * 4`` cells a side: eq. 11's patch grid with the adapter's 4 x 4 cells per patch), masks bit-packed
+for the trip between processes. Targets are not computed here: bipartite matching needs the classifier's
+scores, so it runs in the training step (:mod:`models.matching`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,38 +14,75 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.losses import IGNORE, assign_targets
+from models.matching import IGNORE
 from pipeline.data.loaders import BenchmarkDataset, Sample
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.semantic import with_class_segments
-from pipeline.data.transforms import apply_joint, lsj_transform
+from pipeline.data.transforms import Window, crop_image, draw_lsj, sample_labels
 
 # Decoded training samples (image, panoptic map, proposals) kept in memory, per loading process: the toy's
-# whole training split (about 100 MiB) stays decoded after its first epoch, a third of a toy step's data
-# loading; a paper-scale split fills the budget with its first images and is read from disk as before.
+# whole training split stays decoded after its first epoch; a paper-scale split fills the budget with its first
+# images and is read from disk as before.
 SAMPLE_CACHE_BYTES = 256 * 2**20
+
+
+def pack_masks(masks: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) bool -> (..., H, ceil(W / 8)) uint8, 8 pixels a byte (numpy's packbits order)."""
+    return torch.from_numpy(np.packbits(masks.numpy(), axis=-1))
+
+
+def unpack_masks(packed: torch.Tensor, width: int) -> torch.Tensor:
+    """The inverse of :func:`pack_masks`, on ``packed``'s device."""
+    shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)
+    bits = (packed[..., None] >> shifts) & 1
+    return bits.flatten(-2)[..., :width].bool()
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (B,3,S,S) uint8
-    masks: torch.Tensor  # (B,Q,S,S) bool
-    targets: torch.Tensor  # (B,Q) long, IGNORE for padding/unassigned
-    class_sets: list[list[int]]  # ground-truth classes per image (FiSeR)
+    """One step's images and masks, padded to the longest: ``valid`` / ``gt_valid`` say which entries are real.
+
+    ``masks`` and ``gt_masks`` are bit-packed (:meth:`proposal_masks` / :meth:`segment_masks` unpack them on a
+    device); ``gt_labels`` is IGNORE at padding."""
+
+    images: torch.Tensor  # (B,3,S,S) uint8: the classifier's input
+    masks: torch.Tensor  # (B,Q,G,ceil(G/8)) uint8, packed proposal masks on the mask grid
+    valid: torch.Tensor  # (B,Q) bool
+    gt_masks: torch.Tensor  # (B,K,G,ceil(G/8)) uint8, packed ground-truth segments
+    gt_labels: torch.Tensor  # (B,K) long
+    class_sets: list[list[int]]  # ground-truth classes per image (FiSeR, TeVA's targets)
+    grid: int
+
+    def proposal_masks(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return unpack_masks(self.masks.to(device), self.grid)
+
+    def segment_masks(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return unpack_masks(self.gt_masks.to(device), self.grid)
+
+    def segments(self, device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image: (K_i,G,G) bool masks and (K_i,) labels of its ground-truth segments."""
+        masks, labels = self.segment_masks(device), self.gt_labels.to(device)
+        return [(m[keep], t[keep]) for m, t, keep in zip(masks, labels, self.gt_valid)]
+
+    @property
+    def gt_valid(self) -> torch.Tensor:
+        return self.gt_labels != IGNORE
 
 
 class TrainSet:
-    """Images of the training benchmark with their cached proposals (and/or gt masks), augmented by LSJ."""
+    """Images of the training benchmark with their stored proposals (and/or ground-truth masks as proposals).
+
+    ``image_size``: the side of the image a sample carries (the classifier's R); ``grid``: the mask grid's side.
+    """
 
     def __init__(self, ds: BenchmarkDataset, store: ProposalStore | None, crop_size: int, min_scale: float,
-                 max_scale: float, mask_source: str, assign_iou: float, max_masks: int, data_fraction: float = 1.0,
-                 cache_bytes: int = SAMPLE_CACHE_BYTES):
+                 max_scale: float, mask_source: str, max_masks: int, *, image_size: int, grid: int,
+                 data_fraction: float = 1.0, cache_bytes: int = SAMPLE_CACHE_BYTES):
         if mask_source in ("proposals", "both") and store is None:
             raise ValueError(f"mask_source={mask_source!r} needs a proposal store")
         self.ds, self.store, self.mask_source = ds, store, mask_source
-        self.assign_iou, self.max_masks = assign_iou, max_masks
-        self.transform = lsj_transform(crop_size, min_scale, max_scale)
-        self.ids = ds.image_ids()
+        self.crop_size, self.min_scale, self.max_scale = crop_size, min_scale, max_scale
+        self.max_masks, self.image_size, self.grid = max_masks, image_size, grid
         self.subset = training_subset(len(ds), data_fraction)
         self.cache_bytes, self._cached_bytes = cache_bytes, 0
         self._cache: dict[int, tuple[Sample, np.ndarray | None]] = {}
@@ -47,35 +91,44 @@ class TrainSet:
         return len(self.subset)
 
     def decoded(self, index: int) -> tuple[Sample, np.ndarray | None]:
-        """The sample (a segment per class on semantic-only data) and its stored proposal masks, from the
-        in-memory cache while it has room (read-only: ``load`` copies before augmenting)."""
+        """The sample (a segment per class on semantic-only data) and its stored proposal masks (at the store's
+        resolution), from the in-memory cache while it has room (read-only)."""
         hit = self._cache.get(index)
         if hit is not None:
             return hit
-        s = with_class_segments(self.ds[self.subset[index]], self.ds.vocab)
+        s = with_class_segments(self.ds.training_sample(self.subset[index]), self.ds.vocab)
         props = self.store[s.image_id][0] if self.mask_source in ("proposals", "both") else None
-        size = sum(a.nbytes for a in (s.image, s.id_map, s.semantic, props) if a is not None)
+        size = sum(a.nbytes for a in (s.image, s.id_map, props) if a is not None)
         if self._cached_bytes + size <= self.cache_bytes:
             self._cache[index] = (s, props)
             self._cached_bytes += size
         return s, props
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    def load(self, index: int, rng: np.random.Generator) -> dict:
+        """One LSJ draw of sample ``index``: image (3,S,S) uint8, proposal masks (P,G,G) bool (empty ones
+        dropped, at most ``max_masks``), ground-truth segment masks (K,G,G) bool with labels (K,) (crowd regions
+        and segments the crop lost left out) and the image's classes."""
         s, props = self.decoded(index)
-        parts = [props] if props is not None else []
+        h, w = s.image.shape[:2]
+        window = draw_lsj(h, w, self.crop_size, self.min_scale, self.max_scale, rng)
+        image = torch.from_numpy(crop_image(s.image, window, self.image_size)).permute(2, 0, 1)
+        gt_masks, gt_labels = self._segments(s, window)
+        parts = [] if props is None else [torch.from_numpy(sample_labels(props, window, self.grid, (h, w)))]
         if self.mask_source in ("gt", "both"):
-            parts.append(s.segment_masks()[0])
-        masks = np.concatenate(parts) if parts else np.zeros((0, *s.image.shape[:2]), bool)
-        img, ids, masks_t = apply_joint(self.transform, s.image, s.id_map, masks)
+            parts.append(gt_masks)
+        masks = torch.cat(parts) if parts else torch.zeros(0, self.grid, self.grid, dtype=torch.bool)
+        masks = masks[masks.flatten(1).any(1)][: self.max_masks]
+        return {"image": image, "masks": masks, "gt_masks": gt_masks, "gt_labels": gt_labels,
+                "classes": sorted(set(gt_labels.tolist()))}
+
+    def _segments(self, s: Sample, window: Window) -> tuple[torch.Tensor, torch.Tensor]:
         segs = [seg for seg in s.segments if not seg.iscrowd]
-        gt_t = torch.stack([ids == seg.id for seg in segs]) if segs else torch.zeros(0, *ids.shape, dtype=torch.bool)
-        labels_t = torch.tensor([seg.label for seg in segs], dtype=torch.long)
-        present = gt_t.flatten(1).any(1) if len(segs) else torch.zeros(0, dtype=torch.bool)
-        keep = masks_t.flatten(1).any(1)
-        masks_t = masks_t[keep][: self.max_masks]
-        targets = assign_targets(masks_t, gt_t[present], labels_t[present], self.assign_iou)
-        classes = sorted(set(labels_t[present].tolist()))
-        return img, masks_t, targets, classes
+        ids = sample_labels(s.id_map, window, self.grid, s.id_map.shape)
+        masks = torch.from_numpy(ids[None] == np.array([seg.id for seg in segs], np.int64)[:, None, None]) \
+            if segs else torch.zeros(0, self.grid, self.grid, dtype=torch.bool)
+        labels = torch.tensor([seg.label for seg in segs], dtype=torch.long)
+        present = masks.flatten(1).any(1)
+        return masks[present], labels[present]
 
 
 def training_subset(n: int, fraction: float) -> list[int]:
@@ -88,15 +141,21 @@ def training_subset(n: int, fraction: float) -> list[int]:
     return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(20_240_601))[:k].tolist())
 
 
-def collate(items: list) -> Batch:
-    q = max((m.shape[0] for _, m, _, _ in items), default=0)
-    s = items[0][0].shape[-2:]
-    masks = torch.zeros(len(items), q, *s, dtype=torch.bool)
-    targets = torch.full((len(items), q), IGNORE, dtype=torch.long)
-    for i, (_, m, t, _) in enumerate(items):
-        masks[i, : len(m)] = m
-        targets[i, : len(t)] = t
-    return Batch(torch.stack([im for im, _, _, _ in items]), masks, targets, [c for *_, c in items])
+def collate(items: list[dict], grid: int) -> Batch:
+    """Pad the items' proposals and segments to the longest and pack them (:class:`Batch`)."""
+    b = len(items)
+    q = max((len(it["masks"]) for it in items), default=0)
+    k = max((len(it["gt_labels"]) for it in items), default=0)
+    masks = torch.zeros(b, q, grid, grid, dtype=torch.bool)
+    valid = torch.zeros(b, q, dtype=torch.bool)
+    gt = torch.zeros(b, k, grid, grid, dtype=torch.bool)
+    labels = torch.full((b, k), IGNORE, dtype=torch.long)
+    for i, it in enumerate(items):
+        n, m = len(it["masks"]), len(it["gt_labels"])
+        masks[i, :n], valid[i, :n] = it["masks"], True
+        gt[i, :m], labels[i, :m] = it["gt_masks"], it["gt_labels"]
+    return Batch(torch.stack([it["image"] for it in items]), pack_masks(masks), valid, pack_masks(gt), labels,
+                 [it["classes"] for it in items], grid)
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -127,8 +186,10 @@ class StepBatches(torch.utils.data.Dataset):
     Its augmentation draws come from an RNG seeded by (seed, s), whichever process loads it."""
 
     def __init__(self, train_set: TrainSet, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"train.batch_size {batch_size} does not divide by train.gpus {world}")
         self.train_set, self.batch_size, self.seed = train_set, batch_size, seed
-        self.per_rank = max(1, batch_size // world)
+        self.per_rank = batch_size // world
         self.rank = rank
 
     def __len__(self) -> int:
@@ -137,14 +198,11 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> Batch:
         idx = batch_indices(step, self.batch_size, len(self.train_set), self.seed)
         idx = idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(data_seed(self.seed, step, self.rank))
-            return collate([self.train_set.load(i) for i in idx])
+        rng = np.random.default_rng(data_seed(self.seed, step, self.rank))
+        return collate([self.train_set.load(i, rng) for i in idx], self.train_set.grid)
 
 
 def step_loader(batches: StepBatches, start: int, stop: int, num_workers: int) -> torch.utils.data.DataLoader:
     """Batches of steps ``start..stop-1`` in order, loaded by ``num_workers`` processes (0 = this one)."""
     return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
                                        collate_fn=_as_is)
-
-

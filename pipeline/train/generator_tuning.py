@@ -8,8 +8,9 @@ With ``model.tune_generator: true`` every training step
    that sum is the loss term ``generator``;
 2. turns its current (live, detached) predictions into proposals exactly as the proposals stage does
    (objectness = 1 - P(no object), sigmoid > ``proposals.mask_threshold``, ``min_area``, at most
-   ``proposals.max_proposals`` by objectness), and the classifier classifies those instead of the
-   cached proposals. Ground-truth masks are added when ``train.mask_source`` is ``gt`` or ``both``.
+   ``proposals.max_proposals`` by objectness), brought to the classifier's mask grid, and the classifier
+   classifies those instead of the stored proposals (the training step matches them to the segments).
+   Ground-truth masks are added when ``train.mask_source`` is ``gt`` or ``both``.
 
 Choices (the paper is silent):
 - class labels for Mask2Former's loss: the training classes when the generator's label space has
@@ -28,6 +29,7 @@ The tuned generator is saved with ``save_pretrained``; pass that directory to th
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -43,7 +45,6 @@ from models.generators import (
     objectness,
     select_proposals,
 )
-from models.losses import IGNORE, assign_targets
 
 TUNER_NAME = "mask_generator"  # the tuner's attribute on the classifier while training
 
@@ -53,15 +54,15 @@ class GeneratorTuner(nn.Module):
     batch with live proposals and the loss terms."""
 
     def __init__(self, model: nn.Module, num_train_classes: int, *, mask_threshold: float = 0.5,
-                 min_area: int = 0, max_proposals: int = 100, max_masks: int = 100, assign_iou: float = 0.5,
-                 include_gt: bool = True, size_divisibility: int = SIZE_DIVISIBILITY):
+                 min_area: int = 0, max_proposals: int = 100, max_masks: int = 100, include_gt: bool = True,
+                 size_divisibility: int = SIZE_DIVISIBILITY):
         super().__init__()
         self.model = model.train()
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.use_train_labels = int(model.config.num_labels) == num_train_classes
         self.mask_threshold, self.min_area = mask_threshold, min_area
-        self.max_proposals, self.max_masks, self.assign_iou = max_proposals, max_masks, assign_iou
+        self.max_proposals, self.max_masks = max_proposals, max_masks
         self.include_gt, self.size_divisibility = include_gt, max(1, size_divisibility)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
@@ -98,16 +99,21 @@ class GeneratorTuner(nn.Module):
 
     # ------------------------------------------------------------------ the step
     def forward(self, batch):
-        """``batch``: a pipeline.training.Batch whose masks are the ground-truth segments (TrainSet with
-        mask_source 'gt'; targets = their labels). Returns (batch with live proposals, {"generator": loss})."""
+        """``batch``: a :class:`pipeline.train.data.Batch` whose images are the crops (TrainSet with mask_source
+        'gt' and image_size = the crop). Returns (batch with live proposals on its mask grid,
+        {"generator": loss})."""
+        from models.classifier import fit_masks
+        from pipeline.train.data import pack_masks
+
         images = batch.images.to(self.mean.device)
         b, _, h, w = images.shape
         d = self.size_divisibility
         hp, wp = -(-h // d) * d, -(-w // d) * d
-        gts = [(m[t != IGNORE], t[t != IGNORE]) for m, t in zip(batch.masks, batch.targets)]
+        gts = batch.segments(images.device)
         pixels = F.pad((images.float() - self.mean) / self.std, (0, wp - w, 0, hp - h))
-        mask_labels = [F.pad(m.float(), (0, wp - w, 0, hp - h)).to(pixels.device) for m, _ in gts]
-        class_labels = [(t if self.use_train_labels else torch.zeros_like(t)).to(pixels.device) for _, t in gts]
+        mask_labels = [F.pad(F.interpolate(m[None].float(), size=(h, w), mode="nearest")[0] if len(m) else
+                             m.new_zeros(0, h, w, dtype=torch.float32), (0, wp - w, 0, hp - h)) for m, _ in gts]
+        class_labels = [t if self.use_train_labels else torch.zeros_like(t) for _, t in gts]
         with torch.autocast(device_type=pixels.device.type, enabled=False):
             out = self.model(pixel_values=pixels, mask_labels=mask_labels, class_labels=class_labels)
         with torch.no_grad():
@@ -115,28 +121,18 @@ class GeneratorTuner(nn.Module):
                                   align_corners=False)[..., :h, :w].sigmoid()
             obj = objectness(out.class_queries_logits.detach())
             items = []
-            for i, (gt_m, gt_t) in enumerate(gts):
+            for i, (gt_m, _) in enumerate(gts):
                 masks, _ = select_proposals(probs[i], obj[i], self.mask_threshold, self.min_area, self.max_proposals)
-                masks = masks.cpu()
+                masks = fit_masks(masks[None].float(), (batch.grid, batch.grid))[0].bool()
                 if self.include_gt:
-                    masks = torch.cat([masks, gt_m.cpu()])
-                masks = masks[: self.max_masks]
-                items.append((masks, assign_targets(masks, gt_m.cpu(), gt_t.cpu(), self.assign_iou)))
-        return _with_masks(batch, items), {"generator": out.loss}
-
-
-def _with_masks(batch, items: list[tuple[torch.Tensor, torch.Tensor]]):
-    """A copy of ``batch`` whose masks/targets are ``items`` (padded to the longest, targets IGNORE)."""
-    import dataclasses
-
-    q = max((len(m) for m, _ in items), default=0)
-    b, _, h, w = batch.images.shape
-    masks = torch.zeros(b, q, h, w, dtype=torch.bool)
-    targets = torch.full((b, q), IGNORE, dtype=torch.long)
-    for i, (m, t) in enumerate(items):
-        masks[i, : len(m)] = m
-        targets[i, : len(t)] = t
-    return dataclasses.replace(batch, masks=masks, targets=targets)
+                    masks = torch.cat([masks, gt_m])
+                items.append(masks[: self.max_masks].cpu())
+        q = max((len(m) for m in items), default=0)
+        padded = torch.zeros(b, q, batch.grid, batch.grid, dtype=torch.bool)
+        valid = torch.zeros(b, q, dtype=torch.bool)
+        for i, m in enumerate(items):
+            padded[i, : len(m)], valid[i, : len(m)] = m, True
+        return dataclasses.replace(batch, masks=pack_masks(padded), valid=valid), {"generator": out.loss}
 
 
 def build_generator_tuner(generator_params, proposal_params, train_params, backbones_dir: str | Path,
@@ -147,4 +143,4 @@ def build_generator_tuner(generator_params, proposal_params, train_params, backb
     name = gen_p.name if gen_p.source == "hub" else str(Path(backbones_dir) / "mask2former")
     return GeneratorTuner(build_mask2former(name), num_train_classes, mask_threshold=prop_p.mask_threshold,
                           min_area=prop_p.min_area, max_proposals=prop_p.max_proposals, max_masks=tp.max_masks,
-                          assign_iou=tp.assign_iou, include_gt=tp.mask_source != "proposals")
+                          include_gt=tp.mask_source != "proposals")

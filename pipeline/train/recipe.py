@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from models.classifier import FOVSeg
-from models.losses import mask_classification_loss
+from models.matching import IGNORE, classification_loss, hungarian_targets, iou_targets, matched_counts
 from models.trainable import count_parameters, is_backbone_parameter
 from pipeline.build.classifier import build_classifier, file_digest
 from pipeline.checkpoints import load_or_set_aside, save_checkpoint, set_aside
@@ -53,6 +53,7 @@ from pipeline.console import progress
 from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.proposal_store import ProposalStore
 from pipeline.data.registry import dataset_root, get_benchmark
+from pipeline.data.vocab import vocabulary_from_names
 from pipeline.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from pipeline.tracking import code_digest
 from pipeline.train.data import Batch, StepBatches, TrainSet, step_loader
@@ -78,16 +79,42 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, backbone_mult: float) -> list[dict]:
-    """Backbone (pre-trained CLIP) weights get ``lr * backbone_mult``; 1-D params get no weight decay."""
+NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm,
+              torch.nn.LocalResponseNorm)
+EMBEDDING_NAMES = ("token", "embed", "embedding", "class_embedding", "positional_embedding", "logit_scale")
+
+
+def decay_exempt_names(model: torch.nn.Module, rule: str) -> set[str]:
+    """Parameters without weight decay. ``norm+embed`` (MaskCLIP's detectron2 optimizer: WEIGHT_DECAY_NORM and
+    WEIGHT_DECAY_EMBED 0.0, biases decayed): every parameter of a normalisation layer and every embedding
+    (``nn.Embedding`` weights; learned tokens, position embeddings, the logit scale by name). ``1d``: every
+    parameter with one dimension or none (biases, norm scales, single vectors)."""
+    if rule == "1d":
+        return {n for n, p in model.named_parameters() if p.ndim <= 1}
+    exempt = set()
+    for module_name, module in model.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{pname}" if module_name else pname
+            if isinstance(module, NORM_TYPES) or isinstance(module, torch.nn.Embedding) or \
+                    any(key in pname for key in EMBEDDING_NAMES):
+                exempt.add(full)
+    return exempt
+
+
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, backbone_mult: float,
+                 decay_exempt: str = "norm+embed") -> list[dict]:
+    """Backbone (pre-trained CLIP) weights get ``lr * backbone_mult``; the ``decay_exempt`` rule's parameters
+    (:func:`decay_exempt_names`) get no weight decay. Each group is named (``backbone``/``new``, ``/no_decay``)
+    for the logged learning rates."""
+    exempt = decay_exempt_names(model, decay_exempt)
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        key = (is_backbone_parameter(name), p.ndim <= 1)
-        groups.setdefault(key, []).append(p)
-    return [{"params": ps, "lr": lr * (backbone_mult if bb else 1.0), "weight_decay": 0.0 if flat else weight_decay}
-            for (bb, flat), ps in groups.items()]
+        groups.setdefault((is_backbone_parameter(name), name in exempt), []).append(p)
+    return [{"params": ps, "lr": lr * (backbone_mult if bb else 1.0), "weight_decay": 0.0 if no_decay else weight_decay,
+             "name": ("backbone" if bb else "new") + ("/no_decay" if no_decay else "")}
+            for (bb, no_decay), ps in sorted(groups.items())]
 
 
 def model_seed(seed: int, step: int) -> int:
@@ -138,8 +165,12 @@ class TrainingRecipe:
 
     def __init__(self, model: FOVSeg, train_set: TrainSet, text_source: Callable[[], torch.Tensor],
                  cfg: TrainParams, *, seed: int, device: torch.device, checkpoint_dir: str | Path,
-                 identity: dict | None = None, generator_tuner=None):
+                 identity: dict | None = None, generator_tuner=None,
+                 no_object_source: Callable[[], torch.Tensor] | None = None):
         self.model, self.train_set, self.text_source, self.cfg = model, train_set, text_source, cfg
+        if cfg.assignment == "hungarian" and no_object_source is None:
+            raise ValueError("train.assignment: hungarian needs the no-object class's text embedding")
+        self.no_object_source = no_object_source  # (1,E): MaskCLIP's "other", appended to the training classes
         self.generator_tuner = generator_tuner  # Table IV(b): the generator trains too (pipeline/generator_training)
         self.seed, self.device = seed, torch.device(device)
         self.ckpt_path = Path(checkpoint_dir) / "last.pt"
@@ -162,8 +193,8 @@ class TrainingRecipe:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_mult),
-                                           lr=cfg.lr)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_mult,
+                                                        cfg.decay_exempt), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg.schedule, cfg.warmup_iters, cfg.iterations))
         self.use_amp = cfg.amp and self.device.type == "cuda"
@@ -237,19 +268,34 @@ class TrainingRecipe:
     def train_step(self, step: int, batch: Batch) -> dict:
         """One optimisation step on ``batch``; returns the logged row."""
         torch.manual_seed(model_seed(self.seed, step))  # this step's model-side draws (FiSeR)
-        device, model = self.device, self.model
+        device, model, cfg = self.device, self.model, self.cfg
         with torch.autocast(device_type=device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             # [tune-generator hook 2/4] live proposals replace the cached ones; adds the "generator" loss
             batch, gen_terms = self.generator_tuner(batch) if self.generator_tuner is not None else (batch, {})
             text = self.text_source().to(device)
+            extra = self.no_object_source().to(device) if cfg.assignment == "hungarian" else None
             use_fiser = model.fiser is not None and self.loss_weights.get("fiser", 0) > 0
-            out = self.ddp_model(batch.images.to(device), batch.masks.to(device), text,
+            masks = batch.proposal_masks(device)
+            out = self.ddp_model(batch.images.to(device), masks, text, extra_classes=extra,
                                  fiser_class_sets=batch.class_sets if use_fiser else None, class_sets=batch.class_sets)
-            terms = {"ce": mask_classification_loss(out["logits"].float(), batch.targets.to(device))}
+            logits = out["logits"].float()
+            if not torch.isfinite(logits).all():
+                raise TrainingDiverged(f"the classifier's logits became non-finite at iteration {step} (before the "
+                                       f"loss); the last good checkpoint is {self.ckpt_path}. Lower train.lr or check "
+                                       "the inputs")
+            targets = self.targets(step, logits, masks, batch, num_classes=text.shape[0])
+            no_object_weight = cfg.no_object_weight if cfg.assignment == "hungarian" else None
+            terms = {"ce": classification_loss(logits, targets, no_object_weight)}
             if use_fiser:
                 terms["fiser"] = out["loss_fiser"]
             terms.update(gen_terms)
             loss = sum(self.loss_weights.get(k, 1.0) * v for k, v in terms.items())
+        matched, assigned = matched_counts(targets, text.shape[0])
+        if matched == 0:
+            log.warning("iteration %d: no proposal got a class target (%d proposals, %d ground-truth segments; "
+                        "%s): its classification loss is 0", step + 1, int(batch.valid.sum()),
+                        int(batch.gt_valid.sum()), "no proposal overlaps a segment by train.assign_iou"
+                        if cfg.assignment == "iou" else "no segment in the crops")
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at iteration {step} (terms: "
@@ -266,8 +312,30 @@ class TrainingRecipe:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        lrs = {f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups}  # after this step's update
+        base = self.cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         return {"step": step + 1, "loss": loss.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
-                "lr": self.scheduler.get_last_lr()[0]}
+                "matched": matched, "lr": base, **lrs}
+
+    @torch.no_grad()
+    def targets(self, step: int, logits: torch.Tensor, masks: torch.Tensor, batch: Batch,
+                num_classes: int) -> torch.Tensor:
+        """(B,Q) targets of this step's proposals (:mod:`models.matching`): bipartite matching on the current
+        class probabilities, or the IoU assignment; IGNORE at padding."""
+        cfg = self.cfg
+        targets = torch.full(logits.shape[:2], IGNORE, dtype=torch.long, device=logits.device)
+        gen = torch.Generator().manual_seed(model_seed(self.seed, step) + 1)  # the matcher's sampled points
+        for i, (gt_masks, gt_labels) in enumerate(batch.segments(logits.device)):
+            keep = batch.valid[i].to(logits.device)
+            if cfg.assignment == "hungarian":
+                m = cfg.match
+                targets[i, keep] = hungarian_targets(
+                    logits[i, keep].softmax(-1), masks[i, keep], gt_masks, gt_labels, num_classes,
+                    class_weight=m.class_weight, mask_weight=m.mask_weight, dice_weight=m.dice_weight,
+                    num_points=m.points, generator=gen)
+            else:
+                targets[i, keep] = iou_targets(masks[i, keep], gt_masks, gt_labels, cfg.assign_iou)
+        return targets
 
     # ------------------------------------------------------------------ save
     def save_checkpoint(self, step: int) -> None:
@@ -361,16 +429,20 @@ def run_training(*, data: DataParams, clip: ClipParams, model: ModelParams, trai
     tuner = (build_generator_tuner(generator, proposals, train, backbones_dir, len(ds.vocab))
              if model.tune_generator else None)
     store = ProposalStore(proposals_dir) if train.mask_source != "gt" and tuner is None else None
+    # samples arrive at the classifier's input size (the generator being tuned sees the crop itself)
     train_set = TrainSet(ds, store, train.crop_size, train.lsj_min_scale, train.lsj_max_scale,
-                         "gt" if tuner is not None else train.mask_source, train.assign_iou, train.max_masks,
-                         train.data_fraction)
+                         "gt" if tuner is not None else train.mask_source, train.max_masks,
+                         image_size=train.crop_size if tuner is not None else ready.model.image_size,
+                         grid=ready.model.mask_grid, data_fraction=train.data_fraction)
     counts = count_parameters(ready.model)
     identity = {"model": to_dict(model), "clip": to_dict(clip), "clip_weights": ready.weights_id,
                 "benchmark": data.train_benchmark,
-                "proposals": file_digest(Path(proposals_dir) / "index.json") if store is not None else None}
+                "proposals": file_digest(Path(proposals_dir) / "meta.json") if store is not None else None}
+    no_object = vocabulary_from_names([train.no_object_text], "no_object")
     recipe = TrainingRecipe(ready.model, train_set, ready.text_source(ds.vocab, differentiable=model.tune_text),
                             train, seed=seed, device=device, checkpoint_dir=checkpoints_dir, identity=identity,
-                            generator_tuner=tuner)
+                            generator_tuner=tuner,
+                            no_object_source=ready.text_source(no_object, differentiable=model.tune_text))
     recipe.setup()
     result = recipe.train(on_metrics=on_metrics)
     recipe.save_model(Path(out_dir) / "model.pt", {"params": counts})

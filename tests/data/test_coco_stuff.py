@@ -96,13 +96,14 @@ def test_benchmark_loads_semantic_only_and_yields_one_segment_per_class(stuff_ro
 def test_training_smoke_on_semantic_only_data(stuff_root, tmp_path):
     prepare_coco_stuff(stuff_root)
     ds = BenchmarkDataset(get_benchmark("coco_stuff_train"), stuff_root)
-    ts = TrainSet(ds, None, 32, 0.8, 1.2, "gt", 0.5, 8)
-    img, masks, targets, classes = ts.load(0)
-    assert img.shape[-2:] == (32, 32) and len(masks) >= 1
-    assert set(targets.tolist()) <= {0, 80, 170} and set(classes) <= {0, 80, 170} and classes
+    ts = TrainSet(ds, None, 32, 0.8, 1.2, "gt", 8, image_size=64, grid=32)
+    item = ts.load(0, np.random.default_rng(0))
+    assert item["image"].shape[-2:] == (64, 64) and len(item["masks"]) >= 1
+    labels, classes = item["gt_labels"].tolist(), item["classes"]
+    assert set(labels) <= {0, 80, 170} and set(classes) <= {0, 80, 170} and classes
     torch.manual_seed(0)
     clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True, True), adapter_layers=2, fiser_layers=1)
+    model = FOVSeg(clip, TevaConfig(True), adapter_layers=2, fiser_layers=1)
     select_trainable(model, "q")
     text = F.normalize(torch.randn(len(ds.vocab), model.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -15,7 +15,7 @@ def tiny_clip():
     return model.eval(), tokenizer
 
 
-PLAIN = TevaConfig(False, True)
+PLAIN = TevaConfig(False)
 
 
 def make_fovseg(clip, teva=PLAIN, adapter_layers=0, fiser_layers=0, **kwargs) -> FOVSeg:

@@ -34,7 +34,7 @@ def tiny_eva_clip(tmp_path, monkeypatch):
 
 def test_eva_full_mask_token_is_the_image_embedding(tiny_eva_clip):
     clip = tiny_eva_clip
-    model = FOVSeg(copy.deepcopy(clip), TevaConfig(True, True), adapter_layers=0).eval()
+    model = FOVSeg(copy.deepcopy(clip), TevaConfig(True), adapter_layers=0).eval()
     images = torch.rand(2, 3, 64, 64) * 255
     text = F.normalize(torch.randn(5, model.embed_dim), dim=-1)
     with torch.no_grad():
@@ -45,7 +45,7 @@ def test_eva_full_mask_token_is_the_image_embedding(tiny_eva_clip):
 
 
 def test_eva_trains_only_f_q_plus_new_modules(tiny_eva_clip):
-    model = FOVSeg(copy.deepcopy(tiny_eva_clip), TevaConfig(True, True), adapter_layers=2)
+    model = FOVSeg(copy.deepcopy(tiny_eva_clip), TevaConfig(True), adapter_layers=2)
     names = select_trainable(model, "q")
     backbone = [n for n in names if ".teva." not in n and "adapter" not in n]
     assert backbone and all(".attn.q_proj." in n for n in backbone)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from models.inference import merge_proposals, oracle_class_probs, panoptic_inference, semantic_inference
-from models.losses import IGNORE, assign_targets
+from models.matching import IGNORE, iou_targets
 
 
 def _two_masks():
@@ -48,7 +48,7 @@ def test_oracle_classifier_and_assignment():
     labels = torch.tensor([5, 2])
     probs = oracle_class_probs(pred, gt, labels, 7)
     assert probs.argmax(1).tolist() == [5, 2]
-    targets = assign_targets(torch.cat([pred, torch.zeros(1, 8, 8, dtype=torch.bool)]), gt, labels, 0.5)
+    targets = iou_targets(torch.cat([pred, torch.zeros(1, 8, 8, dtype=torch.bool)]), gt, labels, 0.5)
     assert targets.tolist() == [5, 2, IGNORE]
 
 

@@ -1,12 +1,12 @@
-"""TeVA: per-image targets (K_max padding), Table IV(i) variants, the vocabulary key/value cache, width/shared."""
-import pytest
+"""TeVA: per-image targets (K_max padding), the replace (eqs. 7-10) and residual forms, MaskCLIP's mask attention,
+the vocabulary key/value cache, width/shared."""
 import torch
 import torch.nn.functional as F
 
 from models.mask_encoder import TevaConfig
 from tests.models.conftest import make_fovseg
 
-TEVA = TevaConfig(True, True)
+TEVA = TevaConfig(True)
 
 
 def _teva_model(clip, teva=TEVA, **kw):
@@ -54,7 +54,7 @@ def test_image_without_classes_gets_no_target_step(tiny_clip):
     clip, _ = tiny_clip
     model = _teva_model(clip)
     images, masks, text = _inputs(1)
-    plain = make_fovseg(clip, teva=TevaConfig(False, True), adapter_layers=2)
+    plain = make_fovseg(clip, teva=TevaConfig(False), adapter_layers=2)
     plain.visual.adapter.load_state_dict(model.visual.adapter.state_dict())
     with torch.no_grad():
         got = model(images, masks, text, class_sets=[[]])["mask_embeds"]
@@ -127,34 +127,87 @@ def test_vocabularies_used_in_turn_are_each_projected_once(tiny_clip):
     hook.remove()
 
 
-def test_maskclip_baseline_attends_to_itself(tiny_clip):
-    """Table IV(i) baseline (image_attention=False): keys = [CLS] + masked patches + the mask token itself."""
+def test_mask_tokens_never_attend_to_mask_tokens_themselves_included(tiny_clip):
+    """MaskCLIP's mask attention (``attn_mask[:, :, :q] = True``): a mask token's keys are [CLS] and its masked
+    patches only. With an empty mask its attention reads [CLS] alone, so the output is CLS's value whatever the
+    mask token holds (with itself among the keys, its own value would mix in)."""
     clip, _ = tiny_clip
-    model = make_fovseg(clip, teva=TevaConfig(False, False))
-    block = model.visual.blocks[0]
-    x, m = torch.randn(1, 65, 96), torch.randn(1, 2, 96)
-    bias = torch.zeros(1, 1, 2, 65)
-    bias[..., 10:] = float("-inf")
+    model = make_fovseg(clip, teva=TevaConfig(False))
+    images, _, text = _inputs(1, q=2)
+    empty = torch.zeros(1, 2, 64, 64)
     with torch.no_grad():
-        got = block.attn.forward_with_self(m, block.attn.keys_values(x), bias)
-        for i in range(2):  # reference: plain attention over [image tokens, this mask token]
-            kv_in = torch.cat([x, m[:, i:i + 1]], 1)
-            b_i = torch.cat([bias[:, :, i:i + 1], torch.zeros(1, 1, 1, 1)], -1)
-            ref = block.attn(m[:, i:i + 1], kv_in, b_i)
-            assert torch.allclose(got[:, i], ref[:, 0], atol=1e-5)
-        plain = block.attn(m, x, bias, kv=block.attn.keys_values(x))
-    assert not torch.allclose(got, plain, atol=1e-3)
+        block = model.visual.blocks[0]
+        x = torch.randn(1, 65, 96)
+        m = torch.randn(1, 2, 96)
+        bias = model.visual.mask_bias(_fit(model, empty), (8, 8))
+        out = block(x, m, bias)[1] - m  # the residual updates of the two mask tokens
+        v_cls = block.attn.out_proj(block.attn.v_proj(block.ln_1(x)[:, :1]))
+        attn_only = out - block.ls_2(block.mlp(block.ln_2(m + block.ls_1(v_cls))))
+    assert torch.allclose(attn_only, block.ls_1(v_cls).expand_as(attn_only), atol=1e-5)
 
 
-@pytest.mark.parametrize("teva", [TevaConfig(False, False), TevaConfig(False, True), TevaConfig(True, False),
-                                  TevaConfig(True, True)])
-def test_all_table_iv_i_rows_run(tiny_clip, teva):
+def test_replace_form_feeds_f_q_with_the_target_mixture_not_the_mask_token(tiny_clip):
+    """Eqs. 7-10: [MASK^] = softmax(q_mask k_tgt^T) v_tgt *is* f_q's input. With a single target the softmax is
+    1, so every mask token hands f_q the same input whatever its own state; the residual form ([MASK] + TeVA)
+    keeps them apart."""
     clip, _ = tiny_clip
-    model = make_fovseg(clip, teva=teva, adapter_layers=2)
+    x, bias = torch.randn(1, 65, 96), torch.zeros(1, 1, 2, 65)
+    m = torch.randn(1, 2, 96)
+    target = F.normalize(torch.randn(1, 1, 64), dim=-1)
+    q_inputs = {}
+    for form in ("replace", "residual"):
+        model = make_fovseg(clip, teva=TevaConfig(True, form))
+        block = model.visual.blocks[0]
+        torch.nn.init.normal_(block.teva.g_v.weight, std=0.3)  # the residual form starts at zero otherwise
+        seen: list = []
+        hook = block.attn.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
+        with torch.no_grad():
+            block(x, m, bias, block.teva.keys_values(target))
+        hook.remove()
+        q_inputs[form] = seen[-1]  # the mask tokens' call (the image tokens' comes first)
+    assert torch.allclose(q_inputs["replace"][0, 0], q_inputs["replace"][0, 1], atol=1e-6)
+    assert not torch.allclose(q_inputs["residual"][0, 0], q_inputs["residual"][0, 1], atol=1e-3)
+
+
+def test_replace_form_is_randomly_initialised_residual_form_starts_as_maskclip(tiny_clip):
+    """The paper: g_q, g_k, g_v "randomly initialized" (an untrained TeVA changes the classifier); the residual
+    form zero-initialises its last projection (an untrained TeVA is plain MaskCLIP)."""
+    clip, _ = tiny_clip
     images, masks, text = _inputs()
-    out = model(images, masks, text, class_sets=[[0], [1, 2]])
-    assert torch.isfinite(out["logits"]).all()
-    assert (model.visual.blocks[0].teva is not None) == teva.target_attention
+    plain = make_fovseg(clip, teva=TevaConfig(False))
+    torch.manual_seed(0)
+    replace = make_fovseg(clip, teva=TevaConfig(True, "replace"))
+    residual = make_fovseg(clip, teva=TevaConfig(True, "residual"))
+    assert residual.visual.blocks[0].teva.g_v.weight.abs().sum() == 0
+    assert replace.visual.blocks[0].teva.g_v.weight.abs().sum() > 0
+    with torch.no_grad():
+        ref = plain(images, masks, text)["logits"]
+        assert torch.allclose(residual(images, masks, text)["logits"], ref, atol=1e-5)
+        assert not torch.allclose(replace(images, masks, text)["logits"], ref, atol=1e-2)
+
+
+def test_table_iv_i_rows_run_and_differ(tiny_clip):
+    """The four Table IV(i) rows (baseline; + mask-image x-att = the adapter's reweighting; + mask-target x-att;
+    both) are four different classifiers: each pair gives different logits on the same inputs."""
+    clip, _ = tiny_clip
+    images, masks, text = _inputs()
+    masks = masks * torch.linspace(0.6, 1.0, 64)  # soft masks: the adapter has something to reweight
+    rows = {}
+    for target, adapter in ((False, 0), (False, 2), (True, 0), (True, 2)):
+        torch.manual_seed(0)
+        model = make_fovseg(clip, teva=TevaConfig(target), adapter_layers=adapter)
+        if model.visual.adapter is not None:
+            torch.nn.init.normal_(model.visual.adapter.net[-1].weight, std=0.5)
+        with torch.no_grad():
+            out = model(images, masks, text, class_sets=[[0], [1, 2]])["logits"]
+        assert torch.isfinite(out).all()
+        assert (model.visual.blocks[0].teva is not None) == target
+        assert (model.visual.adapter is not None) == bool(adapter)
+        rows[(target, adapter)] = out
+    keys = list(rows)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            assert not torch.allclose(rows[a], rows[b], atol=1e-3), (a, b)
 
 
 def test_lightweight_teva_width_and_shared(tiny_clip):
@@ -163,18 +216,18 @@ def test_lightweight_teva_width_and_shared(tiny_clip):
     def teva_params(model):
         return sum(p.numel() for n, p in model.named_parameters() if ".teva." in n)
 
-    full = teva_params(make_fovseg(clip, teva=TevaConfig(True, True)))
-    narrow = make_fovseg(clip, teva=TevaConfig(True, True, width=16))
-    shared = make_fovseg(clip, teva=TevaConfig(True, True, shared=True))
+    full = teva_params(make_fovseg(clip, teva=TevaConfig(True)))
+    narrow = make_fovseg(clip, teva=TevaConfig(True, "residual", width=16))
+    shared = make_fovseg(clip, teva=TevaConfig(True, shared=True))
     assert teva_params(narrow) < full and teva_params(shared) * 3 == full  # 3 blocks in the tiny tower
     assert narrow.visual.blocks[0].teva.g_q.out_features == 16
     assert shared.visual.blocks[0].teva is shared.visual.blocks[2].teva
     images, masks, text = _inputs()
-    plain = make_fovseg(clip, teva=TevaConfig(False, True))
-    with torch.no_grad():  # untrained TeVA is an identity at any width
+    plain = make_fovseg(clip, teva=TevaConfig(False))
+    with torch.no_grad():  # an untrained residual TeVA is an identity at any width
         ref = plain(images, masks, text)["logits"]
         assert torch.allclose(narrow(images, masks, text)["logits"], ref, atol=1e-5)
-    trained = _teva_model(clip, teva=TevaConfig(True, True, width=16, shared=True))
+    trained = _teva_model(clip, teva=TevaConfig(True, width=16, shared=True))
     loss = trained(images, masks, text, class_sets=[[0], [1, 2]])["logits"].logsumexp(-1).mean()
     loss.backward()
     assert trained.visual.blocks[0].teva.g_k.weight.grad.abs().sum() > 0

@@ -31,7 +31,7 @@ def _loss(model, fiser=True):
 @pytest.mark.parametrize("selection", SELECTIONS)
 def test_gradients_reach_exactly_the_selected_parameters(tiny_clip, selection):
     clip, _ = tiny_clip
-    model = make_fovseg(clip, teva=TevaConfig(True, True), adapter_layers=2, fiser_layers=1)
+    model = make_fovseg(clip, teva=TevaConfig(True), adapter_layers=2, fiser_layers=1)
     for block in model.visual.blocks:
         torch.nn.init.normal_(block.teva.g_v.weight, std=0.02)  # zero-init layers block gradients upstream
     torch.nn.init.normal_(model.visual.adapter.net[-1].weight, std=0.02)
@@ -67,7 +67,7 @@ def test_lora_trains_only_adapters_and_grows_with_rank(tiny_clip):
     clip, _ = tiny_clip
     counts = []
     for rank in (4, 8, 16):
-        model = make_fovseg(clip, teva=TevaConfig(False, True))
+        model = make_fovseg(clip, teva=TevaConfig(False))
         names = select_trainable(model, f"lora:{rank}")
         assert names and all("lora_" in n for n in names)
         counts.append(count_parameters(model)["trainable"])

@@ -18,7 +18,7 @@ def test_plain_clip_at_size_matches_the_interpolated_tower():
 
     torch.manual_seed(0)
     clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(bench_classifier.copy.deepcopy(clip), TevaConfig(False, False), adapter_layers=0).eval()
+    model = FOVSeg(bench_classifier.copy.deepcopy(clip), TevaConfig(False), adapter_layers=0).eval()
     plain = bench_classifier.clip_at_size(clip, model, 96).eval()
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():

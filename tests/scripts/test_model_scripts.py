@@ -26,3 +26,20 @@ def test_param_counts_breakdown_adds_up():
     assert c["inference"] == c["f_q"] + c["teva"] + c["adapter"] and c["training"] == c["inference"] + c["predictor"]
     shared = param_counts.breakdown(param_counts.build("fovseg-tiny", flops.TevaConfig(shared=True), fiser_layers=0))
     assert shared["teva"] * 3 == c["teva"] and shared["predictor"] == 0
+
+
+def test_paper_preset_classifier_is_lightweight_as_table_ii_says():
+    """The paper preset's TeVA (the lightweight one): trainable parameters kept after training round to Table
+    II's 25M and the vocabulary-dependent FLOPs stay <= 0.1% at 847 classes (the paper: about 0.09%); the
+    full-width TeVA does neither."""
+    from pipeline.eval.efficiency import model_accounting
+    from pipeline.presets import preset_params
+
+    paper = preset_params("paper")
+    light = model_accounting(paper.backbones.clip, paper.model, paper.benchmark.n_proposals)
+    assert round(light["trainable_kept"] / 1e6) == 25
+    share = light["vocab_flops_share"]
+    assert share["847"] <= 0.001 and share["150"] < share["847"]
+    full = paper.model.model_copy(update={"teva": paper.model.teva.model_copy(update={"width": 0, "shared": False})})
+    heavy = model_accounting(paper.backbones.clip, full, paper.benchmark.n_proposals)
+    assert round(heavy["trainable_kept"] / 1e6) > 25 and heavy["vocab_flops_share"]["847"] > 0.001

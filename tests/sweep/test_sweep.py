@@ -142,7 +142,7 @@ def test_changed_generator_gets_its_own_cached_proposals(tmp_path, monkeypatch):
     def fake_compute(params, bench, backbones, out, generator_dir=""):
         calls.append((params.proposals.max_proposals, bench))
         out.mkdir(parents=True)
-        (out / "index.json").write_text("{}")
+        (out / "meta.json").write_text("{}")
 
     monkeypatch.setattr(sweep, "_compute_proposals", fake_compute)
     base = load_params(REPO / "params.yaml")
@@ -437,8 +437,28 @@ def test_data_fraction_is_a_fixed_nested_subset(toy_root):
     assert len(small) == 10 and len(large) == 200 and set(small) <= set(large)
     assert training_subset(1000, 0.01) == small  # the same images for every seed and run
     assert len(training_subset(5, 0.001)) == 1
-    ts = TrainSet(BenchmarkDataset(get_benchmark("toy_train"), toy_root), None, 64, 0.5, 1.5, "gt", 0.5, 12,
-                  data_fraction=0.5)
-    assert len(ts) == 6 and ts.load(0)[0].shape[-1] == 64
+    ts = TrainSet(BenchmarkDataset(get_benchmark("toy_train"), toy_root), None, 64, 0.5, 1.5, "gt", 12,
+                  image_size=64, grid=32, data_fraction=0.5)
+    assert len(ts) == 6 and ts.load(0, np.random.default_rng(0))["image"].shape[-1] == 64
     with pytest.raises(GridError, match="train.data_fraction"):
         trial_params(load_params(REPO / "params.yaml"), {"train.data_fraction": 0.0})
+
+
+def test_rows_without_teva_run_without_the_adapter_and_agree_with_the_maskclip_row():
+    """The adapter belongs to TeVA (Sec. IV): Table IV(a)/(i) baselines and the FiSeR rows without TeVA use
+    MaskCLIP's binary mask attention, the architecture of Table IV(j)'s MaskCLIP row."""
+    params = load_params(REPO / "params.yaml")
+
+    def model(grid, label):
+        g = load_grid(grid, params)
+        row = next(r for r in g.rows if r.label == label)
+        return trial_params(params, {**g.base, **row.overrides}).model
+
+    maskclip = model("oracle_generator", "MaskCLIP")
+    for grid, label in (("modules", "baseline (f_q tuned, frozen generator)"), ("modules", "+ FiSeR"),
+                        ("teva_parts", "baseline"), ("fiser_candidates", "baseline (no FiSeR)"),
+                        ("fiser_candidates", "+ FiSeR (image's classes, eq. 6)")):
+        m = model(grid, label)
+        assert (m.teva.target_attention, m.adapter_layers) == (False, 0), (grid, label)
+        assert (m.teva, m.adapter_layers, m.trainable) == (maskclip.teva, maskclip.adapter_layers, maskclip.trainable)
+    assert model("modules", "+ TeVA").adapter_layers == 2 and model("teva_parts", "+ mask-image x-att").adapter_layers

@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pipeline.checkpoints import set_aside_folder
+from tests.conftest import no_object_embedding
 
 
 def _free_port() -> int:
@@ -33,15 +34,17 @@ def _worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -> No
     init_distributed(torch.device("cpu"))
     torch.manual_seed(0)
     clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True, True), adapter_layers=2, fiser_layers=1)
+    model = FOVSeg(clip, TevaConfig(True), adapter_layers=2, fiser_layers=1)
     select_trainable(model, "q")
     ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
     emb = torch.nn.functional.normalize(torch.randn(len(ds.vocab), model.embed_dim,
                                                     generator=torch.Generator().manual_seed(1)), dim=-1)
     cfg = TrainParams(iterations=2, batch_size=4, warmup_iters=0, checkpoint_every=2, crop_size=64, mask_source="gt",
                       max_masks=8, amp=True)
-    recipe = TrainingRecipe(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 8), lambda: emb, cfg, seed=0,
-                            device=torch.device("cpu"), checkpoint_dir=Path(out_dir))
+    recipe = TrainingRecipe(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 8, image_size=64, grid=32), lambda: emb, cfg,
+                            seed=0,
+                            device=torch.device("cpu"), checkpoint_dir=Path(out_dir),
+                            no_object_source=lambda: no_object_embedding(model.embed_dim))
     recipe.setup()
     recipe.train()
     q = model.visual.blocks[0].attn.q_proj.weight.detach().clone()
@@ -50,8 +53,10 @@ def _worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -> No
     assert torch.equal(gathered[0], gathered[1]), "replicas diverged: gradients were not all-reduced"
 
     def fresh_recipe():
-        r = TrainingRecipe(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 8), lambda: emb, cfg, seed=0,
-                           device=torch.device("cpu"), checkpoint_dir=Path(out_dir))
+        r = TrainingRecipe(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 8, image_size=64, grid=32), lambda: emb, cfg,
+                            seed=0,
+                           device=torch.device("cpu"), checkpoint_dir=Path(out_dir),
+                           no_object_source=lambda: no_object_embedding(model.embed_dim))
         r.setup()
         return r
 

@@ -1,5 +1,6 @@
 """Item 8 (Table IV(b)): the generator trains online with Mask2Former's losses only when asked."""
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -9,7 +10,6 @@ import torch.nn.functional as F
 from models.classifier import FOVSeg
 from models.clip_backbone import build_clip
 from models.generators import Mask2FormerGenerator, build_mask2former
-from models.losses import IGNORE
 from models.mask_encoder import TevaConfig
 from models.trainable import select_trainable
 from pipeline.checkpoints import load_checkpoint
@@ -24,7 +24,7 @@ from tests.conftest import run_recipe
 def parts(toy_root):
     torch.manual_seed(0)
     clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True, True), adapter_layers=2, fiser_layers=1)
+    model = FOVSeg(clip, TevaConfig(True), adapter_layers=2, fiser_layers=1)
     select_trainable(model, "q")
     torch.manual_seed(0)  # the generator's init must not depend on how many draws the classifier took
     m2f = build_mask2former("fovseg-tiny", 64, random_init=True)
@@ -35,11 +35,23 @@ def parts(toy_root):
 
 def _tuner(m2f, ds, **kw) -> GeneratorTuner:
     return GeneratorTuner(copy.deepcopy(m2f), len(ds.vocab), mask_threshold=0.5, min_area=0, max_proposals=8,
-                          max_masks=12, assign_iou=0.3, **kw)
+                          max_masks=12, **kw)
+
+
+def _set(ds, max_masks=12) -> TrainSet:
+    """The tuner's training set: ground-truth segments only, the crop at 64 px, the tiny classifier's 32-cell
+    mask grid."""
+    return TrainSet(ds, None, 64, 0.8, 1.2, "gt", max_masks, image_size=64, grid=32)
+
+
+def _batch(ds, indices):
+    ts = _set(ds)
+    rng = np.random.default_rng(0)
+    return collate([ts.load(i, rng) for i in indices], ts.grid)
 
 
 def _train(model, ds, text, out_dir, tuner=None, iterations=3):
-    ts = TrainSet(ds, None, 64, 0.8, 1.2, "gt", 0.3, 12)
+    ts = _set(ds)
     return run_recipe(model, ts, lambda: text, out_dir=out_dir, iterations=iterations, batch_size=2, lr=1e-3,
                  weight_decay=0.05, backbone_lr_mult=1.0, warmup_iters=0, schedule="constant", checkpoint_every=10,
                  loss_weights={"ce": 2.0, "fiser": 1.0}, amp=False, seed=0, device=torch.device("cpu"),
@@ -49,15 +61,14 @@ def _train(model, ds, text, out_dir, tuner=None, iterations=3):
 def test_step_gives_generator_gradients_and_live_proposals(parts):
     model, m2f, ds, text = parts
     tuner = _tuner(m2f, ds, include_gt=False)
-    ts = TrainSet(ds, None, 64, 0.8, 1.2, "gt", 0.3, 12)
-    torch.manual_seed(0)
-    batch = collate([ts.load(i) for i in range(2)])
+    batch = _batch(ds, range(2))
     live, terms = tuner(batch)
     assert set(terms) == {"generator"} and torch.isfinite(terms["generator"])
-    # the classifier now sees the generator's thresholded predictions, not the ground truth
-    assert live.masks.shape[1] <= 8 and not torch.equal(live.masks, batch.masks[:, : live.masks.shape[1]])
-    assert live.class_sets == batch.class_sets
-    assert ((live.targets == IGNORE) | (live.targets >= 0)).all()
+    # the classifier now sees the generator's thresholded predictions on its mask grid, not the ground truth
+    masks = live.proposal_masks()
+    assert masks.shape[1] <= 8 and masks.shape[-2:] == (32, 32)
+    assert not torch.equal(masks, batch.proposal_masks()[:, : masks.shape[1]])
+    assert live.class_sets == batch.class_sets and torch.equal(live.gt_labels, batch.gt_labels)
     terms["generator"].backward()
     got = {n: p.numel() for n, p in tuner.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     total = sum(p.numel() for p in tuner.model.parameters())
@@ -65,8 +76,7 @@ def test_step_gives_generator_gradients_and_live_proposals(parts):
     for part in ("pixel_level_module.encoder", "pixel_level_module.decoder", "transformer_module", "class_predictor"):
         assert any(part in n for n in got), part
     with_gt, _ = _tuner(m2f, ds, include_gt=True)(batch)
-    n_gt = (batch.targets != IGNORE).sum(1)
-    assert (with_gt.targets != IGNORE).sum(1).ge(n_gt).all()  # gt masks appended, each with its label
+    assert (with_gt.valid.sum(1) >= batch.gt_valid.sum(1)).all()  # the ground-truth masks appended
 
 
 def test_tuned_training_trains_generator_and_classifier(parts, tmp_path):
@@ -91,16 +101,22 @@ def test_tuned_training_trains_generator_and_classifier(parts, tmp_path):
     assert gen([np.zeros((40, 70, 3), np.uint8)])[0].masks.shape[1:] == (40, 70)
 
 
-def test_off_by_default_the_generator_gets_no_gradients(parts, tmp_path):
+def test_off_by_default_nothing_but_the_classifier_trains(parts, tmp_path):
+    """Without a tuner the optimiser holds exactly the classifier's trainable parameters (no generator weight
+    gets a step), no generator loss is logged and the checkpoint holds the classifier alone."""
     model, m2f, ds, text = parts
     model = copy.deepcopy(model)
-    frozen = Mask2FormerGenerator(copy.deepcopy(m2f), 64)  # what the proposals stage runs
-    g0 = {k: v.clone() for k, v in frozen.model.state_dict().items()}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     out = _train(model, ds, text, tmp_path / "off")
     assert all("loss_generator" not in r for r in out["history"])
-    assert all(not p.requires_grad and p.grad is None for p in frozen.model.parameters())
-    assert all(torch.equal(g0[k], v) for k, v in frozen.model.state_dict().items())
-    assert not any(k.startswith(TUNER_NAME) for k in load_checkpoint(tmp_path / "off" / "last.pt")["model"])
+    ckpt = load_checkpoint(tmp_path / "off" / "last.pt")
+    stepped = sum(s["exp_avg"].numel() for s in ckpt["optimizer"]["state"].values())
+    assert stepped == trainable
+    assert not any(k.startswith(TUNER_NAME) for k in ckpt["model"])
+    with_tuner = copy.deepcopy(model)
+    _train(with_tuner, ds, text, tmp_path / "on", _tuner(m2f, ds, include_gt=True), iterations=1)
+    ckpt = load_checkpoint(tmp_path / "on" / "last.pt")
+    assert sum(s["exp_avg"].numel() for s in ckpt["optimizer"]["state"].values()) > stepped  # the control
 
 
 def test_images_without_segments_and_label_modes(parts):
@@ -108,12 +124,11 @@ def test_images_without_segments_and_label_modes(parts):
     tuner = _tuner(m2f, ds, include_gt=True)
     assert not tuner.use_train_labels  # the 1-class toy generator: class-agnostic "object" labels
     assert GeneratorTuner(copy.deepcopy(m2f), 1).use_train_labels
-    ts = TrainSet(ds, None, 64, 0.8, 1.2, "gt", 0.3, 12)
-    torch.manual_seed(0)
-    batch = collate([ts.load(0)])
-    empty = type(batch)(batch.images, batch.masks[:, :0], batch.targets[:, :0], [[]])
+    batch = _batch(ds, [0])
+    empty = dataclasses.replace(batch, masks=batch.masks[:, :0], valid=batch.valid[:, :0],
+                                gt_masks=batch.gt_masks[:, :0], gt_labels=batch.gt_labels[:, :0], class_sets=[[]])
     live, terms = tuner(empty)
-    assert torch.isfinite(terms["generator"]) and (live.targets == IGNORE).all()
+    assert torch.isfinite(terms["generator"]) and live.gt_labels.numel() == 0
 
 
 def _ddp_worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -> None:
@@ -129,13 +144,13 @@ def _ddp_worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -
     init_distributed(torch.device("cpu"))
     torch.manual_seed(0)
     clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True, True), adapter_layers=2, fiser_layers=1)
+    model = FOVSeg(clip, TevaConfig(True), adapter_layers=2, fiser_layers=1)
     select_trainable(model, "q")
     ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
     tuner = GeneratorTuner(build_mask2former("fovseg-tiny", 64, random_init=True), len(ds.vocab), max_proposals=4,
                            max_masks=8)
     text = F.normalize(torch.randn(len(ds.vocab), model.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
-    run_recipe(model, TrainSet(ds, None, 64, 0.8, 1.2, "gt", 0.3, 8), lambda: text, out_dir=Path(out_dir), iterations=2,
+    run_recipe(model, _set(ds, 8), lambda: text, out_dir=Path(out_dir), iterations=2,
           batch_size=4, lr=1e-3, weight_decay=0.05, backbone_lr_mult=1.0, warmup_iters=0, schedule="constant",
           checkpoint_every=2, loss_weights={"ce": 2.0, "fiser": 1.0}, amp=False, seed=0, device=torch.device("cpu"),
           config={}, generator_tuner=tuner)

@@ -3,6 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import no_object_embedding
+
 pytestmark = pytest.mark.gpu
 
 
@@ -26,14 +28,16 @@ def test_amp_training_steps_on_cuda(cuda, toy_root, tmp_path):
 
     torch.manual_seed(0)
     clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True, True), adapter_layers=2, fiser_layers=1)
+    model = FOVSeg(clip, TevaConfig(True), adapter_layers=2, fiser_layers=1)
     select_trainable(model, "q")
     ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
     emb = F.normalize(torch.randn(len(ds.vocab), model.embed_dim), dim=-1).to(cuda)
     cfg = TrainParams(iterations=4, batch_size=4, warmup_iters=0, checkpoint_every=2, crop_size=64, mask_source="gt",
                       max_masks=8, amp=True)
-    recipe = TrainingRecipe(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 0.5, 8), lambda: emb, cfg, seed=0,
-                            device=cuda, checkpoint_dir=tmp_path)
+    recipe = TrainingRecipe(model, TrainSet(ds, None, 64, 0.5, 1.5, "gt", 8, image_size=64, grid=32), lambda: emb, cfg,
+                            seed=0,
+                            device=cuda, checkpoint_dir=tmp_path,
+                            no_object_source=lambda: no_object_embedding(model.embed_dim))
     recipe.setup()
     result = recipe.train()
     assert len(result["history"]) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result["history"])
@@ -85,7 +89,7 @@ def test_evaluation_on_cuda_matches_the_cpu(cuda, toy_root, tmp_path):
 
     torch.manual_seed(0)
     clip, tokenizer = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True, True), adapter_layers=2, fiser_layers=1).eval()
+    model = FOVSeg(clip, TevaConfig(True), adapter_layers=2, fiser_layers=1).eval()
     ds = BenchmarkDataset(get_benchmark("toy_val"), toy_root)
     kept = {}
     for device in (torch.device("cpu"), cuda):

@@ -2,6 +2,7 @@ import copy
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from pipeline.data.registry import get_benchmark
 from pipeline.errors import CheckpointError, FovsegError, TrainingDiverged, TrainingInterrupted
 from pipeline.train.data import TrainSet
 from pipeline.train.recipe import TrainingRecipe
+from tests.conftest import no_object_embedding
 
 CFG = TrainParams(iterations=6, batch_size=2, lr=1e-3, weight_decay=0.05, backbone_lr_mult=0.1, warmup_iters=2,
                   schedule="poly", crop_size=64, checkpoint_every=2, amp=True,
@@ -24,11 +26,12 @@ CFG = TrainParams(iterations=6, batch_size=2, lr=1e-3, weight_decay=0.05, backbo
                   mask_source="gt", max_masks=12, num_workers=0, log_every=1)
 
 
+
 @pytest.fixture(scope="module")
 def base_model():
     torch.manual_seed(0)
     clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True, True), adapter_layers=2, fiser_layers=1)
+    model = FOVSeg(clip, TevaConfig(True), adapter_layers=2, fiser_layers=1)
     select_trainable(model, "q")
     return model
 
@@ -36,12 +39,12 @@ def base_model():
 def _run(model, toy_root, out_dir, text=None, on_step=None, **changes):
     cfg = CFG.model_copy(update=changes)
     ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
-    ts = TrainSet(ds, None, cfg.crop_size, cfg.lsj_min_scale, cfg.lsj_max_scale, cfg.mask_source, cfg.assign_iou,
-                  cfg.max_masks)
+    ts = TrainSet(ds, None, cfg.crop_size, cfg.lsj_min_scale, cfg.lsj_max_scale, cfg.mask_source,
+                  cfg.max_masks, image_size=64, grid=32)
     emb = text if text is not None else F.normalize(torch.randn(len(ds.vocab), model.embed_dim,
                                                                 generator=torch.Generator().manual_seed(1)), dim=-1)
     recipe = TrainingRecipe(model, ts, lambda: emb, cfg, seed=0, device=torch.device("cpu"), checkpoint_dir=out_dir,
-                            identity={"test": 1})
+                            identity={"test": 1}, no_object_source=lambda: no_object_embedding(model.embed_dim))
     recipe.setup()
     return recipe.train(on_step=on_step)
 
@@ -186,7 +189,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(base_mod
     _run(m, toy_root, tmp_path, iterations=2)
     good = torch.load(tmp_path / "last.pt", weights_only=True)
     bad = torch.full((42, m.embed_dim), float("nan"))
-    with pytest.raises(TrainingDiverged, match="loss became nan at iteration 2.*last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match="logits became non-finite at iteration 2.*last good checkpoint"):
         _run(copy.deepcopy(base_model), toy_root, tmp_path, text=bad, iterations=4)
     kept = torch.load(tmp_path / "last.pt", weights_only=True)
     assert kept["step"] == good["step"] == 2
@@ -243,21 +246,57 @@ def test_sample_cache_gives_the_same_batches_and_keeps_to_its_budget(toy_root, t
         out = []
         for r in range(rounds):
             for i in range(len(ts)):
-                torch.manual_seed(100 * r + i)
-                out.append(ts.load(i))
+                out.append(ts.load(i, np.random.default_rng(100 * r + i)))
         return out
 
-    cached = TrainSet(ds, store, 64, 0.5, 1.5, "both", 0.5, 12)
-    uncached = TrainSet(ds, store, 64, 0.5, 1.5, "both", 0.5, 12, cache_bytes=0)
+    cached = TrainSet(ds, store, 64, 0.5, 1.5, "both", 12, image_size=64, grid=32)
+    uncached = TrainSet(ds, store, 64, 0.5, 1.5, "both", 12, image_size=64, grid=32, cache_bytes=0)
     for a, b in zip(loads(cached), loads(uncached)):
-        assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3])) and a[3] == b[3]
+        assert all(torch.equal(a[k], b[k]) for k in ("image", "masks", "gt_masks", "gt_labels"))
+        assert a["classes"] == b["classes"]
     assert len(cached._cache) == len(ds) and not uncached._cache
     for i, (s, props) in cached._cache.items():  # untouched by two epochs of augmentation
         fresh = ds[cached.subset[i]]
         assert np.array_equal(s.image, fresh.image) and np.array_equal(s.id_map, fresh.id_map)
         assert np.array_equal(props, store[fresh.image_id][0])
     s0, p0 = cached.decoded(0)
-    one = s0.image.nbytes + s0.id_map.nbytes + s0.semantic.nbytes + p0.nbytes
-    small = TrainSet(ds, store, 64, 0.5, 1.5, "both", 0.5, 12, cache_bytes=3 * one)
+    assert s0.semantic is None  # training reads no semantic map
+    one = s0.image.nbytes + s0.id_map.nbytes + p0.nbytes
+    small = TrainSet(ds, store, 64, 0.5, 1.5, "both", 12, image_size=64, grid=32, cache_bytes=3 * one)
     loads(small, rounds=1)
     assert 0 < len(small._cache) < len(ds) and small._cached_bytes <= 3 * one
+
+
+def test_training_step_matches_proposals_and_learns_no_object(base_model, toy_root, tmp_path, monkeypatch):
+    """With Hungarian targets the step classifies against the training classes + the no-object text (MaskCLIP's
+    "other"); every segment appears twice among the proposals (stored copy + ground truth), exactly one of the
+    two learns its class, the other no-object. The IoU rule gives both the class and has no such column."""
+    from pipeline.data.proposal_store import ProposalStore, ProposalWriter
+    from pipeline.train import recipe
+
+    ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
+    with ProposalWriter(tmp_path / "props") as w:  # the ground-truth segments stand in for a generator's masks
+        for i in range(len(ds)):
+            masks = ds[i].segment_masks()[0]
+            w.add(ds[i].image_id, masks, np.ones(len(masks), np.float32))
+    ts = TrainSet(ds, ProposalStore(tmp_path / "props"), 64, 1.0, 1.0, "both", 24, image_size=64, grid=32)
+    seen = []
+    real = recipe.classification_loss
+    monkeypatch.setattr(recipe, "classification_loss", lambda lg, tg, w=None: seen.append((lg.shape[-1], tg, w))
+                        or real(lg, tg, w))
+    n = len(ds.vocab)
+    emb = F.normalize(torch.randn(n, base_model.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    for assignment in ("hungarian", "iou"):
+        cfg = CFG.model_copy(update={"iterations": 1, "assignment": assignment, "mask_source": "both"})
+        r = TrainingRecipe(copy.deepcopy(base_model), ts, lambda: emb, cfg, seed=0, device=torch.device("cpu"),
+                           checkpoint_dir=tmp_path / assignment, identity={},
+                           no_object_source=lambda: no_object_embedding(base_model.embed_dim))
+        r.setup()
+        out = r.train()
+        width, targets, weight = seen[-1]
+        labelled = targets[(targets >= 0) & (targets < n)].numel()
+        if assignment == "hungarian":
+            assert width == n + 1 and weight == CFG.no_object_weight
+            assert (targets == n).sum() == labelled and out["history"][0]["matched"] == labelled > 0
+        else:
+            assert width == n and weight is None and not (targets == n).any() and labelled % 2 == 0
