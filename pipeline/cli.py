@@ -1,14 +1,5 @@
-"""``fovseg`` console script.
+"""fovseg: FOV-Seg's pipeline tools outside dvc repro (fovseg COMMAND -h for each command's options)."""
 
-- ``fovseg predict IMAGES... --classes "red circle, blue star" [--stuff "grass, sky"]`` or ``--vocab ade20k_150``:
-  segment files, folders or globs; per image a panoptic PNG, COCO segments JSON (RLE masks), a semantic PNG
-  and an overlay with legend and contours (see pipeline/predict.py).
-- ``fovseg attention IMAGES... --classes "sky, grass" --out DIR``: Fig. 6 maps, original CLIP vs trained.
-- ``fovseg preset {toy,paper,paper_coco_stuff}``: switch params.yaml to a preset (refuses to overwrite edits).
-- ``fovseg evaluate --gt_json_file ... --pred_json_file ...`` (panoptic) or ``--gt_folder --pred_folder --vocab``
-  (semantic): score a prediction folder, no model needed (see ``fovseg evaluate -h``).
-- ``fovseg sweep GRID``: run a Table IV / Fig. 9 ablation grid on Ray Tune (resumable; see pipeline/sweep/grids/).
-"""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +10,22 @@ import time
 from pathlib import Path
 
 from pipeline.data.vocab import packaged_vocabularies  # light: json and pathlib only
+
+USAGE = """commands:
+  predict IMAGES... --classes "red circle, blue star" [--stuff "grass, sky"] | --vocab ade20k_150
+      segment files, folders or globs; per image a panoptic PNG, COCO segments JSON (RLE masks), a semantic
+      PNG and an overlay with a legend
+  attention IMAGES... --classes "sky, grass" --out DIR
+      Fig. 6 maps: text-to-image attention, original CLIP vs trained
+  evaluate --gt-json-file ... --pred-json-file ... (panoptic) | --gt-folder ... --pred-folder ... --vocab NAME
+      score a prediction folder against ground truth, no model needed
+  preset NAME
+      switch params.yaml to a preset (refuses to overwrite edits unless --force)
+  sweep GRID
+      run a Table IV / Fig. 9 ablation grid on Ray Tune, locally or on a cluster (resumable)
+  runs [-A]
+      the DVC experiments side by side: per benchmark PQ, mIoU (and unseen) and the params that differ
+"""
 
 
 def unit_interval(text: str) -> float:
@@ -58,7 +65,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml). Run from the "
                    "repository root, or pass --params, --backbones and --checkpoint")
     p.add_argument("--backbones", default=None, help="default: the backbones stage's --out in ./dvc.yaml")
-    p.add_argument("--checkpoint", default=None, help="default: model.pt in the train stage's --out in ./dvc.yaml")
+    p.add_argument("--checkpoint", default=None, help="default: last.pt in the train stage's --out in ./dvc.yaml")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                    help="default: the params file's device")
 
@@ -75,7 +82,10 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zero-shot", action="store_true", help="skip the trained checkpoint (pretrained CLIP only)")
     p.add_argument("--threshold", type=unit_interval, default=0.3,
                    help="minimum segment score, in [0, 1] (default: 0.3)")
-    p.add_argument("--out", type=writable_dir, default="predictions", help="output folder (default: predictions/)")
+    p.add_argument("--out", type=writable_dir, default="predictions", help="output folder (default: predictions/); "
+                   "one that already holds predictions is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the predictions already in --out: its earlier "
+                   "prediction files (predictions.json, <stem>_panoptic.png, ...) are removed first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -133,7 +143,7 @@ def _unused(path: Path) -> Path:
 
 
 def sweep(args: argparse.Namespace) -> dict:
-    from pipeline.config import load_params
+    from pipeline.params_file import load_params
     from pipeline.sweep.runner import SweepOptions, load_grid, run_sweep
 
     params = load_params(args.params)
@@ -151,6 +161,34 @@ def sweep(args: argparse.Namespace) -> dict:
     return summary
 
 
+def runs(args: argparse.Namespace) -> None:
+    from pipeline.errors import FovsegError
+    from pipeline.report.runs import experiments_table
+
+    try:
+        print(experiments_table(dvc_args=["-A"] if args.all_commits else [],
+                                tablefmt="simple" if args.text else "github"))
+    except RuntimeError as exc:  # dvc exp show failed: not a DVC repository, no commit, ...
+        raise FovsegError(f"{exc} (run `fovseg runs` at the repository root, after a first commit)") from None
+
+
+def version() -> str:
+    """The installed project's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("fovseg")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def grid_names() -> list[str]:
+    """The packaged sweep grids (pipeline/sweep/grids/*.yaml), without importing the sweep code."""
+    folder = Path(__file__).parent / "sweep" / "grids"
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["evaluate"]:  # dispatched before the heavy imports below: evaluate starts in a blink
@@ -158,23 +196,29 @@ def main(argv: list[str] | None = None) -> None:
 
         evaluate_main(argv[1:])
         return
-    from pipeline.errors import FovsegError
+    from pipeline.errors import FovsegError, permission_message
     from pipeline.presets import preset_names
 
-    ap = argparse.ArgumentParser(prog="fovseg", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = argparse.ArgumentParser(prog="fovseg", description=__doc__, epilog=USAGE,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"fovseg {version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("predict", help="segment images (files, folders, globs) with any vocabulary")
     add_predict_arguments(p)
     a = sub.add_parser("attention", help="Fig. 6: text-to-image attention maps, original CLIP vs trained")
     add_attention_arguments(a)
-    sub.add_parser("evaluate", help="score a prediction folder against ground truth (PQ or mIoU); "
-                                    "see `fovseg evaluate -h`", add_help=False)
+    sub.add_parser("evaluate", help="score a prediction folder against ground truth (PQ or mIoU)", add_help=False)
     s = sub.add_parser("preset", help="switch params.yaml to a preset (refuses to overwrite edits)")
     s.add_argument("name", choices=preset_names())
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--force", action="store_true", help="switch even if params.yaml has edits (kept as a .bak)")
-    w = sub.add_parser("sweep", help="run an ablation grid (Table IV / Fig. 9) on Ray Tune")
-    w.add_argument("grid", help="grid name (pipeline/sweep/grids/<grid>.yaml) or a grid YAML file")
+    w = sub.add_parser("sweep", help="run an ablation grid (Table IV / Fig. 9) on Ray Tune",
+                       description="Run the rows x seeds of an ablation grid as Ray Tune trials, resumable (run the "
+                                   "same command again after a kill). Grids: " + ", ".join(grid_names()) + ".",
+                       epilog="on a cluster: ray start --head --node-ip-address HEAD_IP on the head node, ray "
+                              "start --address HEAD_IP:6379 on the others, then fovseg sweep GRID --address "
+                              "HEAD_IP:6379 (docs/sweeps.md)")
+    w.add_argument("grid", help="a grid name (listed above) or a grid YAML file")
     w.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else local)")
     w.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: sweep.max_concurrent)")
     w.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: sweep.seeds)")
@@ -183,8 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--params", default="params.yaml")
     for k in ("backbones", "proposals-root", "out", "metrics"):
         w.add_argument(f"--{k}", default=None, help="default: what dvc.yaml's sweep@<grid> stage passes")
+    r = sub.add_parser("runs", help="DVC experiments side by side: per benchmark PQ, mIoU and the params that differ")
+    r.add_argument("-A", "--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
+    r.add_argument("--text", action="store_true", help="plain text instead of a Markdown table")
     args = ap.parse_args(argv)
-    if args.command != "preset":
+    if args.command not in ("preset", "runs"):
         from pipeline.console import setup_logging
 
         setup_logging()
@@ -199,8 +246,13 @@ def main(argv: list[str] | None = None) -> None:
             run_attention(args)
         elif args.command == "sweep":
             sweep(args)
+        elif args.command == "runs":
+            runs(args)
         else:
             set_preset(args)
+    except PermissionError as exc:  # never reported as "not found" or "corrupt"
+        print(f"fovseg: error: {permission_message(exc.filename or exc)}", file=sys.stderr)
+        sys.exit(1)
     except (FovsegError, FileNotFoundError) as exc:
         print(f"fovseg: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -9,7 +9,14 @@ from __future__ import annotations
 from models.errors import FovsegError, WeightsUnavailableError
 
 __all__ = ["FovsegError", "WeightsUnavailableError", "ParamsError", "DatasetError", "DownloadError",
-           "UnknownBenchmarkError", "VocabularyError", "CheckpointError", "TrainingDiverged", "TrainingInterrupted"]
+           "UnknownBenchmarkError", "VocabularyError", "CheckpointError", "TrainingDiverged", "TrainingInterrupted",
+           "permission_message"]
+
+
+def permission_message(path: object) -> str:
+    """What a PermissionError on ``path`` means, in any error's message: never "not found", never "corrupt"."""
+    return (f"permission denied: {path} (this user may not read or write it, or may not enter one of its folders: "
+            "check the permissions of it and its folders, e.g. with `ls -ld`)")
 
 
 class ParamsError(FovsegError, ValueError):

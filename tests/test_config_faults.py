@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ParamsError, load_params, params_from_dict
+from pipeline.errors import ParamsError
+from pipeline.params_file import load_params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = (REPO / "params.yaml").read_text()

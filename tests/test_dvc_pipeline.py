@@ -9,6 +9,7 @@
 import ast
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -156,12 +157,13 @@ def test_training_knob_reruns_only_downstream_stages(tmp_path):
     changed = set(json.loads(_run(DVC + ["status", "--json"], tmp_path)))
     benches = params["data"]["eval_benchmarks"]
     sweeps = {f"sweep@{g}" for g in params["sweep"]["grids"]}  # a sweep trains from the same train params
-    assert changed == {"train", *sweeps}, changed  # direct change; downstream stages follow once train's outputs change
+    # direct change (validate reads every key; its output never changes); downstream stages follow train's outputs
+    assert changed == {"validate", "train", *sweeps}, changed
 
-    # what `dvc repro` would run: train, then everything that consumes its outputs
-    dry = _run(DVC + ["repro", "--dry", "--force-downstream"], tmp_path)
+    # what `dvc repro` would run after validate: train, then everything that consumes its outputs
+    dry = _run(DVC + ["repro", "--dry", "--force-downstream", "--downstream", "train"], tmp_path)
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "benchmark", "attention", "report", *sweeps, *(f"evaluate@{b}" for b in benches)}, ran
+    assert ran == {"train", "benchmark", "attention", "report", *(f"evaluate@{b}" for b in benches)}, ran
     assert not {"download", "backbones", "proposals-train"} & ran and not any(s.startswith("proposals@") for s in ran)
 
     # a change to the classifier's code (here FiSeR) re-runs training, never the backbones or proposals
@@ -186,7 +188,7 @@ def test_paper_preset_plan_on_a_fresh_clone(tmp_path):
     dry = _run(DVC + ["repro", "--dry", "-f"], tmp_path)
     ran = [line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")]
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    assert ran[0] == "download" and ran[-1] == "report"
+    assert ran[:2] == ["validate", "download"] and ran[-1] == "report"
     assert {"train", "proposals-train", *(f"evaluate@{b}" for b in params["data"]["eval_benchmarks"])} <= set(ran)
     assert "--benchmark ade20k_150" in dry and not (tmp_path / "outputs").exists()  # planned, nothing ran
 
@@ -204,7 +206,8 @@ def test_offline_plots_template_inlines_vega_and_no_cdn(tmp_path):
         "<\\/script", "")
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
     declared = [next(iter(p)) if isinstance(p, dict) else p for p in dvc_yaml["plots"]]
-    assert declared == ["loss_terms", "reports/figures"]  # each plot once; the report's PNGs as image plots
+    # each plot once; the report's PNGs as image plots
+    assert declared == ["loss_terms", "eval_curve", "reports/figures"]
     assert not any("plots" in st for st in dvc_yaml["stages"].values())
 
 
@@ -220,7 +223,33 @@ def test_fovseg_predict_finds_the_pipeline_outputs_through_dvc_yaml(tmp_path, mo
     monkeypatch.chdir(REPO)
     model_paths(args)
     assert args.backbones == argument(ALL["backbones"], "--out")
-    assert args.checkpoint == f"{argument(ALL['train'], '--out')}/model.pt"
+    assert args.checkpoint == f"{argument(ALL['train'], '--out')}/last.pt"
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FovsegError, match="no dvc.yaml here"):
         model_paths(argparse.Namespace(backbones=None, checkpoint=None, zero_shot=False))
+
+
+def test_a_bad_value_from_dvc_exp_run_stops_before_any_output_is_removed(tmp_path):
+    """`dvc exp run -S train.lr=-1`: the validate stage fails first; every earlier output and metric stays."""
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for d in PROJECT:
+        shutil.copytree(REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    _run(["git", "init", "-q"], tmp_path)
+    _run(DVC + ["init", "-q"], tmp_path)
+    _placeholder_outputs(tmp_path, ALL)
+    _run(DVC + ["commit", "-f", "-q"], tmp_path)
+    _run(["git", "add", "-A"], tmp_path)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "runs"], tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.parts[len(tmp_path.parts)] in
+              ("outputs", "metrics", "reports")}
+    assert len(before) > 10
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    out = subprocess.run(DVC + ["exp", "run", "-S", "train.lr=-1"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode != 0
+    assert "train.lr" in out.stderr + out.stdout and "'validate'" in out.stderr + out.stdout
+    stamp = tmp_path / "outputs/params.valid"  # the validate stage's own (constant) output
+    after = {p: p.read_bytes() for p in before if p.is_file() and p != stamp}
+    assert after == {p: b for p, b in before.items() if p != stamp}  # nothing removed, nothing rewritten

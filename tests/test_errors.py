@@ -53,7 +53,8 @@ def test_unknown_benchmark_and_missing_weights_are_one_line_in_a_real_stage(tmp_
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.ERROR, logger="fovseg"), pytest.raises(SystemExit) as stop:
         run(evaluate.main, evaluate.build_parser(), ["--benchmark", "nope", "--backbones", "b", "--checkpoint", "c.pt",
-                                                     "--proposals", "p", "--predictions", "e", "--metrics", "m.json"])
+                                                     "--proposals", "p", "--predictions", "e", "--metrics", "m.json",
+                                                     "--timings", "t.json"])
     assert stop.value.code == 1
     assert [r.getMessage()[:26] for r in caplog.records if r.levelno >= logging.ERROR] == ["unknown benchmark 'nope'; "]
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
@@ -63,3 +64,17 @@ def test_unknown_benchmark_and_missing_weights_are_one_line_in_a_real_stage(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 1 and len(err) == 1, err
     assert err[0].startswith("fovseg: error: Mask2Former folder missing/mask2former not found"), err
+
+
+def test_a_permission_problem_anywhere_in_a_stage_is_one_line_saying_so(tmp_path, monkeypatch, caplog):
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+
+    def main(args, p):
+        raise PermissionError(13, "Permission denied", "/data/coco/annotations")
+
+    with caplog.at_level(logging.ERROR, logger="fovseg"), pytest.raises(SystemExit) as stop:
+        run(main, parser("test"), ["--params", str(params)])
+    assert stop.value.code == 1
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.startswith("permission denied: /data/coco/annotations") and "not found" not in line

@@ -3,12 +3,16 @@
 COCO panoptic: PNG with RGB-encoded segment ids (id = R + 256 G + 256^2 B) + a json with
 ``segments_info``. Semantic: PNG (uint8, ignore 255) or 16-bit TIFF (ignore 65535).
 All writers are atomic: they write a temporary file beside the target and rename it.
+A file or folder that exists but cannot be read, entered or listed is reported as "permission denied: <path>"
+(:func:`permission_guard`), never as missing, corrupt or empty.
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.errors import DatasetError  # noqa: F401  (re-exported)
+from pipeline.errors import DatasetError, permission_message  # noqa: F401  (DatasetError re-exported)
 
 
 def default_file_mode() -> int:
@@ -68,13 +72,56 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+@contextmanager
+def permission_guard(path: str | Path | None = None) -> Iterator[None]:
+    """Any PermissionError inside becomes one DatasetError naming the path it was about (else ``path``): a permission
+    problem is never reported as a missing file, a corrupt one or an empty folder."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise DatasetError(permission_message(exc.filename or path or "a dataset file")) from None
+
+
+def require_file(path: Path, what: str = "file", hint: str = "") -> None:
+    """Raise a DatasetError unless ``path`` is a file: ``missing <what> <path>; <hint>`` when it does not exist, a
+    permission problem as such (os.stat, not Path.is_file, which may report it as absent)."""
+    try:
+        st = os.stat(path)
+    except PermissionError:
+        raise DatasetError(permission_message(path)) from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise DatasetError(f"missing {what} {path}" + (f"; {hint}" if hint else "")) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DatasetError(f"{what} {path} is not a file" + (" but a folder" if stat.S_ISDIR(st.st_mode) else ""))
+
+
+def list_files(folder: str | Path, suffixes: tuple[str, ...], recursive: bool = False) -> list[Path]:
+    """The files in ``folder`` (and, ``recursive``, its sub-folders) ending in one of ``suffixes``, sorted; [] when
+    it does not exist. Unlike Path.glob, which skips what it may not list, a permission problem raises."""
+    folder = Path(folder)
+    found: list[Path] = []
+    with permission_guard(folder):
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for e in entries:
+            if recursive and e.is_dir(follow_symlinks=False):
+                found.extend(list_files(e.path, suffixes, recursive=True))
+            elif e.name.endswith(suffixes) and e.is_file():
+                found.append(Path(e.path))
+    return sorted(found)
+
+
 def read_json(path: str | Path, hint: str = "") -> Any:
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"missing file {path}" + (f"; {hint}" if hint else ""))
+    require_file(path, "file", hint)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise DatasetError(permission_message(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path} is not valid json ({exc}); re-create it" + (f": {hint}" if hint else "")) from None
 
 
@@ -92,7 +139,7 @@ PIXEL_LIMIT_ENV = "FOVSEG_MAX_IMAGE_PIXELS"  # raise Pillow's decompression-bomb
 
 
 def _apply_pixel_limit() -> None:
-    """Honour $FOVSEG_MAX_IMAGE_PIXELS (Pillow refuses images over twice its limit, ~179 Mpx by default)."""
+    """Honour $FOVSEG_MAX_IMAGE_PIXELS (Pillow's ``Image.MAX_IMAGE_PIXELS``, ~89 Mpx by default)."""
     raw = os.environ.get(PIXEL_LIMIT_ENV)
     if raw is None:
         return
@@ -106,6 +153,20 @@ def _apply_pixel_limit() -> None:
 def _bomb_error(path: Path, exc: Exception) -> DatasetError:
     return DatasetError(f"image {path} is too large to open safely ({exc}); if the file is trusted, allow it with "
                         f"{PIXEL_LIMIT_ENV}=<pixels> (0 = no limit) or downscale it")
+
+
+@contextmanager
+def pixel_limit_guard(path: str | Path) -> Iterator[None]:
+    """Around ``Image.open(path)``: apply the pixel limit, and refuse any image whose header claims more pixels
+    than it (Pillow's DecompressionBombWarning, above the limit, and DecompressionBombError, above twice the
+    limit) with one DatasetError naming ``path``, before any pixel is decoded."""
+    _apply_pixel_limit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _bomb_error(Path(path), exc) from None
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:
@@ -125,18 +186,17 @@ def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8 HxWx3, upright (EXIF orientation applied); a missing, truncated, corrupt or oversized file raises
     DatasetError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"missing image {path}")
-    _apply_pixel_limit()
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _to_rgb8(ImageOps.exif_transpose(im))
-    except Image.DecompressionBombError as exc:
-        raise _bomb_error(path, exc) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot decode image {path} ({exc}): the file is truncated, corrupt or not an image "
-                           "(a dataset's file: re-download or re-prepare the dataset)") from None
+    require_file(path, "image")
+    with pixel_limit_guard(path):  # a bomb: DatasetError naming the file, not caught below
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return _to_rgb8(ImageOps.exif_transpose(im))
+        except PermissionError:
+            raise DatasetError(permission_message(path)) from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DatasetError(f"cannot decode image {path} ({exc}): the file is truncated, corrupt or not an image "
+                               "(a dataset's file: re-download or re-prepare the dataset)") from None
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
@@ -147,16 +207,15 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
 def read_panoptic_png(path: str | Path) -> np.ndarray:
     """Segment-id map (uint32) of a COCO-panoptic PNG."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"missing panoptic png {path}")
-    _apply_pixel_limit()
-    try:
-        with Image.open(path) as im:
-            return rgb_to_id(np.asarray(im.convert("RGB")))
-    except Image.DecompressionBombError as exc:
-        raise _bomb_error(path, exc) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot decode panoptic png {path} ({exc})") from None
+    require_file(path, "panoptic png")
+    with pixel_limit_guard(path):  # a bomb: DatasetError naming the file, not caught below
+        try:
+            with Image.open(path) as im:
+                return rgb_to_id(np.asarray(im.convert("RGB")))
+        except PermissionError:
+            raise DatasetError(permission_message(path)) from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DatasetError(f"cannot decode panoptic png {path} ({exc})") from None
 
 
 def write_panoptic_png(path: str | Path, id_map: np.ndarray) -> None:
@@ -167,16 +226,15 @@ def write_panoptic_png(path: str | Path, id_map: np.ndarray) -> None:
 def read_label_map(path: str | Path) -> np.ndarray:
     """A semantic label map: 8-bit PNG or 16-bit PNG/TIFF, returned as int64."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"missing label map {path}")
-    _apply_pixel_limit()
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except Image.DecompressionBombError as exc:
-        raise _bomb_error(path, exc) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot decode label map {path} ({exc})") from None
+    require_file(path, "label map")
+    with pixel_limit_guard(path):  # a bomb: DatasetError naming the file, not caught below
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im)
+        except PermissionError:
+            raise DatasetError(permission_message(path)) from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DatasetError(f"cannot decode label map {path} ({exc})") from None
     if arr.ndim != 2:
         raise DatasetError(f"label map {path} has shape {arr.shape}; expected a single-channel image")
     return arr.astype(np.int64)
