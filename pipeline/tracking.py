@@ -10,15 +10,33 @@ Layout of the store, one experiment per preset (``tracking.experiment``):
 - **stage run** nested under it (``mlflow.parentRunId``), started when the stage process started (not when
   it began logging) and ended when it ends; ``FAILED`` if it raised.
 - **model runs** nested under an evaluate stage run: ``trained``, ``baseline``, ``oracle_classifier``,
-  ``oracle_generator``, each with the same metric names (``PQ``, ``mIoU``, ...), so MLflow's compare page
-  lines them up (tags ``model`` and ``benchmark``).
+  ``oracle_generator``, each with the same metric names, so MLflow's compare page lines them up (tags
+  ``model`` and ``benchmark``).
+- **sweeps** (:mod:`pipeline.sweep.runner`): a ``sweep@<grid>`` run nested under the pipeline run of the same
+  group, one run per grid row under it (the row's mean and sd over seeds, paired delta to the reference row),
+  one run per trial under its row.
+
+Metric names, one scheme everywhere: ``<benchmark>/<metric>`` (``toy_open/PQ``, ``ade20k_150/mIoU_unseen``)
+in evaluate stage runs, their model runs, sweep trials and sweep rows (row: ``<benchmark>/PQ`` = mean over
+seeds, ``<benchmark>/PQ_sd``, ``<benchmark>/PQ_delta``, ``<benchmark>/PQ_delta_sd``), and in the train run's
+periodic evaluation; a tracker whose run is named ``<stage>@<benchmark>`` prefixes what it logs with
+``<benchmark>/``. Per-step metrics (``loss``, ``loss_<term>``, ``lr``, ``lr/<param group>``, ``matched``) are
+logged with their step and ``step`` itself never is; a summary logged without a step never lands on a name
+that has a step history (it is logged as ``final/<name>`` instead).
+
+The experiment is created as a model-training experiment (tag ``mlflow.experimentKind =
+custom_model_development``, also set on an existing experiment without it or marked GenAI) with two saved views
+of the runs table (:func:`saved_views`). MLflow 3.17's UI itself takes the mode from the address
+(``?workflowType=machine_learning``) or the browser's last GenAI / Model training toggle (GenAI at first), so
+:func:`ui_urls` (printed by ``make mlflow-ui``) gives addresses with it.
 
 Default store ``sqlite:///mlflow.db`` at the repository root with artifacts in ``mlartifacts/`` beside it;
 ``MLFLOW_TRACKING_URI`` overrides it. MLflow records absolute artifact paths, so each start (and
 ``python -m pipeline.tracking relocate``) rewrites them when ``mlflow.db`` + ``mlartifacts/`` were moved
 together. Runs left RUNNING by a process that no longer exists (SIGKILL, power loss) are marked KILLED at
 the next start. If MLflow is missing or its server unreachable, the stage warns and carries on.
-UI: ``make mlflow-ui`` (127.0.0.1 only).
+UI: ``make mlflow-ui`` (127.0.0.1 only; ``PORT=5001`` for another port), which prints each experiment's address
+(:func:`ui_urls`).
 """
 from __future__ import annotations
 
@@ -39,6 +57,10 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the default store lives here: <repo>/mlflow.db
 ARTIFACT_DIR = "mlartifacts"
 GROUP_TAG = "fovseg.group"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by MLflow 3's UI: which page layout the experiment gets
+EXPERIMENT_KIND = "custom_model_development"  # the UI's "Machine learning / model training" kind
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow 3's saved views of the runs table: one experiment tag each
+TABLE_METRICS = ("PQ", "mIoU", "PQ_unseen", "mIoU_unseen")  # the paper's headline columns
 _STAGE_START = time.time()
 
 
@@ -133,6 +155,115 @@ def run_group(params_file: str | Path = "params.yaml") -> str:
     return h.hexdigest()[:16]
 
 
+def ensure_experiment(client, name: str, uri: str, benchmarks: tuple[str, ...] | list[str] = ()) -> str:
+    """The experiment's id, created if missing (artifacts beside a sqlite store), marked as a model-training
+    experiment, with the saved views of :func:`saved_views` for ``benchmarks`` (added to those it has)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_root(uri),
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:  # noqa: BLE001 - created concurrently by another stage
+            exp_id = client.get_experiment_by_name(name).experiment_id
+        exp = client.get_experiment(exp_id)
+    tags = dict(exp.tags or {})
+    kind = tags.get(EXPERIMENT_KIND_TAG, "")
+    if not kind or kind.startswith("genai") or kind.endswith("_inferred"):  # an explicit ML kind is kept
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    write_saved_views(client, exp.experiment_id, tags, benchmarks)
+    return exp.experiment_id
+
+
+def _column(kind: str, key: str) -> str:
+    return f"{kind}.`{key}`"  # the UI's column id (ExperimentPage selectedColumns)
+
+
+def saved_views(benchmarks: list[str] | tuple[str, ...]) -> dict[str, dict]:
+    """The runs table views the pipeline saves in its experiment (MLflow 3: *Runs* tab, *Views* menu; view id ->
+    name, search filter and columns):
+
+    - ``fovseg-results``: every run, nested (pipeline > stages > model runs; pipeline > sweep > rows > trials),
+      columns ``<benchmark>/{PQ, mIoU, PQ_unseen, mIoU_unseen}``;
+    - ``fovseg-table4``: only sweep rows (``tags.kind = 'sweep_row'``): per benchmark the mean, the sample sd
+      over seeds, and the paired delta to the grid's reference row (mean and sd over seeds) of PQ and mIoU,
+      and the number of seeds.
+    """
+    results = [_column("metrics", f"{b}/{m}") for b in benchmarks for m in TABLE_METRICS]
+    table4 = [_column("metrics", f"{b}/{m}{s}") for b in benchmarks for m in ("PQ", "mIoU")
+              for s in ("", "_sd", "_delta", "_delta_sd")] + [_column("metrics", "n_seeds")]
+    return {"fovseg-results": {"name": "FOV-Seg results (nested)", "searchFilter": "", "selectedColumns": results},
+            "fovseg-table4": {"name": "FOV-Seg Table IV rows", "searchFilter": "tags.kind = 'sweep_row'",
+                              "selectedColumns": table4}}
+
+
+def write_saved_views(client, exp_id: str, tags: dict[str, str], benchmarks) -> None:
+    """Save :func:`saved_views` as experiment tags in the UI's format (``{name, createdAt, updatedAt, state}``,
+    ``state`` the JSON of the experiment page's search facets and UI state). A view is (re)written while the
+    pipeline owns it (the envelope's ``fovseg`` entry, which a save from the UI drops), with the benchmarks it
+    had and ``benchmarks``; a view edited and saved in the UI is left alone."""
+    import json
+
+    now = int(time.time() * 1000)
+    for view_id, spec in saved_views([]).items():
+        key = VIEW_TAG_PREFIX + view_id
+        old: dict = {}
+        if key in tags:
+            try:
+                old = json.loads(tags[key])
+            except ValueError:
+                continue
+            if "fovseg" not in old:  # saved from the UI since: the user's view now
+                continue
+        benches = list(dict.fromkeys([*old.get("fovseg", {}).get("benchmarks", []), *benchmarks]))
+        spec = saved_views(benches)[view_id]
+        state = json.dumps({"searchFilter": spec["searchFilter"], "orderByKey": "attributes.start_time",
+                            "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active",
+                            "datasetsFilter": [], "modelVersionFilter": "All Runs",
+                            "selectedColumns": spec["selectedColumns"]})
+        if old.get("state") == state and old.get("name") == spec["name"]:
+            continue
+        envelope = {"name": spec["name"], "createdAt": old.get("createdAt", now), "updatedAt": now,
+                    "state": state, "fovseg": {"benchmarks": benches}}
+        client.set_experiment_tag(exp_id, key, json.dumps(envelope))
+
+
+def ui_urls(db: Path, port: int = 5000, host: str = "127.0.0.1") -> list[str]:
+    """``<experiment>: <url>`` of each active experiment of a sqlite store: its runs table in the UI's
+    model-training mode (``workflowType=machine_learning``; MLflow 3.17 picks the mode from that parameter, else
+    from the browser's last choice, GenAI at first, not from the tag), in the saved view ``fovseg-results``
+    where the experiment has it (a stage of this code wrote it)."""
+    if not db.is_file():
+        return []
+    view = VIEW_TAG_PREFIX + "fovseg-results"
+    with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as con:
+        try:
+            rows = con.execute("SELECT experiment_id, name, EXISTS(SELECT 1 FROM experiment_tags t WHERE "
+                               "t.experiment_id = e.experiment_id AND t.key = ?) FROM experiments e WHERE "
+                               "lifecycle_stage = 'active' ORDER BY experiment_id", (view,)).fetchall()
+        except sqlite3.OperationalError:
+            return []
+    return [f"{name}: http://{host}:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+            + ("&viewStateShareKey=fovseg-results" if has_view else "")
+            for exp_id, name, has_view in rows if name != "Default"]
+
+
+def pipeline_run(client, exp_id: str, group: str, create: bool, start_ms: int | None = None) -> str | None:
+    """The pipeline run of ``group`` (the latest one), marked RUNNING; without one, a new one if ``create``."""
+    found = client.search_runs([exp_id], f"tags.`{GROUP_TAG}` = '{group}' and tags.kind = 'pipeline'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    if not create:
+        return None
+    dvc_exp = os.environ.get("DVC_EXP_NAME", "")
+    tags = {GROUP_TAG: group, "kind": "pipeline", "git_commit": git_commit(), "dvc_exp": dvc_exp,
+            "params_hash": group}
+    run = client.create_run(exp_id, start_time=start_ms, tags=tags, run_name=f"pipeline {dvc_exp or git_commit()[:8]}")
+    return run.info.run_id
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -163,47 +294,35 @@ def mark_killed(client, experiment_id: str) -> list[str]:
 
 
 class Tracker:
-    """``with Tracker(experiment, stage, params) as t: t.log_metrics({...})``; every call is best-effort."""
+    """``with Tracker(experiment, stage, params) as t: t.log_metrics({...})``; every call is best-effort.
+
+    ``benchmark``: the benchmark this stage run is about (default: ``<b>`` of a run named ``<stage>@<b>``, as
+    ``evaluate@toy_open``): :meth:`log_metrics` and :meth:`log_model_run` then log ``<b>/<name>``."""
 
     def __init__(self, experiment: str, stage: str, params: dict[str, Any] | None = None,
                  tracking_uri: str | None = None, run_name: str | None = None, group: str | None = None,
-                 start_time: float | None = None):
+                 start_time: float | None = None, benchmark: str | None = None):
         self.experiment, self.stage = experiment, stage
         self.params = params or {}
         self.uri = tracking_uri or default_tracking_uri()
         self.run_name = run_name or stage
         self.group = group
         self.start_time = start_time
+        self.benchmark = benchmark if benchmark is not None else self.run_name.partition("@")[2]
         self._mlflow = None
         self.client = None
         self.run_id: str | None = None
         self.parent_id: str | None = None
+        self._stepped: set[str] = set()  # names logged with a step by this run: a summary never lands on them
 
     # -- setup
     def _experiment_id(self, mlflow) -> str:
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        root = artifact_root(self.uri)
-        try:
-            return self.client.create_experiment(self.experiment, artifact_location=root)
-        except Exception:  # noqa: BLE001 - created concurrently by another stage
-            return self.client.get_experiment_by_name(self.experiment).experiment_id
+        data = self.params.get("data") if isinstance(self.params.get("data"), dict) else {}
+        benchmarks = [b for b in (*(data.get("eval_benchmarks") or ()), self.benchmark) if b]
+        return ensure_experiment(self.client, self.experiment, self.uri, benchmarks)
 
     def _parent(self, exp_id: str) -> str:
-        group = self.group or run_group()
-        found = self.client.search_runs([exp_id], f"tags.`{GROUP_TAG}` = '{group}' and tags.kind = 'pipeline'",
-                                        order_by=["attributes.start_time DESC"], max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        dvc_exp = os.environ.get("DVC_EXP_NAME", "")
-        tags = {GROUP_TAG: group, "kind": "pipeline", "git_commit": git_commit(), "dvc_exp": dvc_exp,
-                "params_hash": group}
-        name = f"pipeline {dvc_exp or git_commit()[:8]}"
-        run = self.client.create_run(exp_id, start_time=self._start_ms(), tags=tags, run_name=name)
-        return run.info.run_id
+        return pipeline_run(self.client, exp_id, self.group or run_group(), create=True, start_ms=self._start_ms())
 
     def _start_ms(self) -> int:
         return int(1000 * (self.start_time if self.start_time is not None else _STAGE_START))
@@ -257,24 +376,35 @@ class Tracker:
     def active(self) -> bool:
         return self._mlflow is not None
 
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        numeric = _numeric(metrics)
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None, prefix: str | None = None) -> None:
+        """Numbers of ``metrics`` (nested dicts flattened with ``.``; ``step`` itself dropped) as
+        ``<prefix>/<name>``; ``prefix`` defaults to the tracker's benchmark ("" = none). With a ``step``: one
+        point of each name's history. Without: a summary; a name this run logged with a step is logged as
+        ``final/<name>`` instead (never a stray step-0 point in a history)."""
+        numeric = metric_names(metrics, self.benchmark if prefix is None else prefix)
+        if step is not None:
+            self._stepped.update(numeric)
+        else:
+            numeric = {f"final/{k}" if k in self._stepped else k: v for k, v in numeric.items()}
         if numeric:
             self._safe("log_metrics", numeric, step=step)
 
     def log_model_run(self, model: str, metrics: dict[str, Any], tags: dict[str, str] | None = None) -> None:
-        """One nested run per model variant (trained, baseline, oracle_*) with identical metric names."""
+        """One nested run per model variant (trained, baseline, oracle_*) with identical metric names:
+        ``<benchmark>/<name>``, the benchmark of ``tags["benchmark"]`` or the tracker's."""
         if self._mlflow is None:
             return
         try:
             exp_id = self.client.get_run(self.run_id).info.experiment_id
+            benchmark = (tags or {}).get("benchmark") or self.benchmark
             run = self.client.create_run(exp_id, run_name=f"{self.run_name}/{model}", tags={
                 "mlflow.parentRunId": self.run_id, "kind": "model", "model": model, "stage": self.stage,
-                **(tags or {})})
+                **({"benchmark": benchmark} if benchmark else {}), **(tags or {})})
             now = int(time.time() * 1000)
             from mlflow.entities import Metric
 
-            self.client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in _numeric(metrics).items()])
+            self.client.log_batch(run.info.run_id, metrics=[
+                Metric(k, v, now, 0) for k, v in metric_names(metrics, benchmark).items()])
             self.client.set_terminated(run.info.run_id, "FINISHED")
         except Exception as exc:  # noqa: BLE001
             log.warning("MLflow model run %s failed (%s); continuing", model, exc)
@@ -320,13 +450,28 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def metric_names(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of ``metrics`` under MLflow names: ``<prefix>/<name>`` (a name already under
+    ``<prefix>/`` kept as is), ``step`` dropped (it is the x axis, not a metric)."""
+    out = {}
+    for k, v in _numeric({k: v for k, v in metrics.items() if k != "step"}).items():
+        out[f"{prefix}/{k}" if prefix and not k.startswith(f"{prefix}/") else k] = v
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pipeline.tracking relocate [mlflow.db]``: fix artifact paths after moving the store."""
+    """``python -m pipeline.tracking relocate [mlflow.db]``: fix artifact paths after moving the store;
+    ``python -m pipeline.tracking urls [mlflow.db] [PORT]``: the UI address of each experiment's runs table."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] != "relocate":
-        print("usage: python -m pipeline.tracking relocate [PATH/TO/mlflow.db]", file=sys.stderr)
+    if not args or args[0] not in ("relocate", "urls"):
+        print("usage: python -m pipeline.tracking relocate [PATH/TO/mlflow.db]\n"
+              "       python -m pipeline.tracking urls [PATH/TO/mlflow.db] [PORT]", file=sys.stderr)
         sys.exit(2)
     db = Path(args[1]) if len(args) > 1 else (sqlite_path(default_tracking_uri()) or Path("mlflow.db"))
+    if args[0] == "urls":
+        for line in ui_urls(db, int(args[2]) if len(args) > 2 else 5000):
+            print(line)
+        return
     print(f"{relocate_store(db)} experiment(s) relocated to {(db.resolve().parent / ARTIFACT_DIR)}")
 
 

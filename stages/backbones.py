@@ -1,5 +1,6 @@
 """Stage `backbones`: toy preset - pre-train the tiny CLIP and tiny Mask2Former; paper preset - locate
-the pretrained weights (open_clip tag / hub id) and record them."""
+the pretrained weights (open_clip tag / hub id) and record them. Timings (pre-training seconds) go to
+``--timings`` with a ``produced`` block (UTC time, git commit, preset), not to the DVC metrics file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from pipeline.config import Params, to_dict
 from pipeline.data.formats import write_metrics
 from pipeline.data.registry import dataset_root
 from pipeline.device import pick_device
-from stages.common import parser, run, tracker
+from stages.common import log, parser, run, tracker, write_timings
 
 
 def main(args, params: Params) -> dict:
@@ -25,6 +26,8 @@ def main(args, params: Params) -> dict:
         if clip_p.pretrained:
             build_clip(clip_p.model, clip_p.pretrained)  # fails early with instructions if unreachable
             metrics["clip"] = f"{clip_p.model}/{clip_p.pretrained}"
+            log.info("CLIP %s, weights %s: the classifier sees %d x %d", clip_p.model, clip_p.pretrained,
+                     clip_p.image_size, clip_p.image_size)
         if gen_p.source == "hub":
             build_mask2former(gen_p.name)
             metrics["generator"] = gen_p.name
@@ -35,13 +38,15 @@ def main(args, params: Params) -> dict:
         for i, v in enumerate(curve[:: max(1, len(curve) // 100)]):
             t.log_metrics({"clip_loss": v}, step=i)
         metrics.update(m)
+        timings = {k: metrics.pop(k) for k in list(metrics) if k.endswith("_seconds")}
         write_metrics(args.metrics, metrics)
-        t.log_metrics(metrics)
-    return metrics
+        write_timings(args.timings, params, timings)
+        t.log_metrics({**metrics, **timings})
+    return {**metrics, **timings}
 
 
 def build_parser():
-    return parser(__doc__, "out", "metrics")
+    return parser(__doc__, "out", "metrics", "timings")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 PQ: a predicted and a ground-truth segment of the same class match at IoU > 0.5, where void pixels
 are removed from the prediction's area; an unmatched prediction overlapping void plus same-class
 crowd by more than half of its area is not a false positive. Per-class PQ is averaged over classes
-with at least one TP, FP or FN; SQ, RQ and the thing/stuff splits likewise.
+with at least one TP, FP or FN; SQ, RQ and the thing/stuff splits likewise. A named class group (``groups``:
+seen / unseen) with no such class has no ``PQ_<group>`` / ``mIoU_<group>`` key at all: the value does not exist
+(toy_val has no unseen class), which is not 0.0. (All / things / stuff keep the COCO panoptic API's 0.0.)
 
 mIoU: detectron2's current formula: IoU_c = TP / (TP + FP + FN) averaged over classes that have
 ground-truth pixels; pixels whose ground truth is the ignore label are excluded. (detectron2 v0.6
@@ -189,8 +191,10 @@ class PQStat:
         out: dict[str, float] = {}
         for suffix, m in sel.items():
             n = int(m.sum())
+            if not n and suffix not in ("", "_th", "_st"):
+                continue  # a group without classes here (no unseen class in toy_val): no value, not 0.0
             for key, arr in (("PQ", pq), ("SQ", sq), ("RQ", rq)):
-                out[f"{key}{suffix}"] = float(100 * arr[m].mean()) if n else 0.0
+                out[f"{key}{suffix}"] = float(100 * arr[m].mean()) if n else 0.0  # all/things/stuff: COCO API's 0
         out["PQ_per_class"] = [float(100 * v) if ok else None for v, ok in zip(pq, valid)]
         return out
 
@@ -267,6 +271,7 @@ class SemanticStat:
             m = np.zeros_like(valid)
             m[idx] = True
             m &= valid
-            out[f"mIoU_{name}"] = float(100 * iou[m].mean()) if m.any() else 0.0
+            if m.any():  # a group without classes with ground truth here has no mIoU (absent, not 0.0)
+                out[f"mIoU_{name}"] = float(100 * iou[m].mean())
         out["IoU_per_class"] = [float(100 * v) if ok else None for v, ok in zip(iou, valid)]
         return out

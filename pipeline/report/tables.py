@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,25 @@ TABLE4_KEYS = {"IV(a)": "a_modules_PQ", "IV(b)": "b_other_components_PQ", "IV(c)
                "IV(d)": "d_classifier_backbone", "IV(e)": "e_generator_backbone", "IV(f)": "f_adapter_layers_PQ",
                "IV(g)": "g_lora_PQ", "IV(h)": "h_refcoco_preservation", "IV(i)": "i_teva_parts_PQ",
                "IV(j)": "j_oracle_generator"}
+# the toy benchmark that plays each paper benchmark's role in a toy run's "this run" rows: the closed-vocabulary
+# training domain (COCO) -> toy_val; panoptic open vocabulary (A-150, MV) and PC-59's small open vocabulary ->
+# toy_open; many-class semantic (A-847, PC-459) -> toy_open_large
+TOY_ANALOGUE = {"coco_panoptic_val": "toy_val", "ade20k_150": "toy_open", "mapillary_vistas": "toy_open",
+                "pascal_ctx_59": "toy_open", "ade20k_847": "toy_open_large", "pascal_ctx_459": "toy_open_large"}
+TOY_NOTE = ("Toy analogues in 'this run (toy: ...)': each paper column shows the toy benchmark that plays its role "
+            "(the closed-vocabulary training domain COCO: toy_val; panoptic open vocabulary A-150 and MV, and "
+            "PC-59's small open vocabulary: toy_open; many-class semantic A-847 and PC-459: toy_open_large). No Δ "
+            "row: these are other benchmarks than the paper's, so a difference would compare different quantities.")
+# Table IV parts in the paper's order, then Fig. 9, then the grids beyond the paper
+PART_TITLES = {"IV(a)": "which modules help (FiSeR, TeVA)", "IV(b)": "tuning other components",
+               "IV(c)": "which CLIP parameters to tune", "IV(d)": "classifier backbone",
+               "IV(e)": "mask generator backbone", "IV(f)": "Distribution Adapter layers",
+               "IV(g)": "LoRA instead of tuning f_q", "IV(h)": "RefCOCO preservation",
+               "IV(i)": "TeVA's two cross-attentions", "IV(j)": "oracle mask generator"}
+FIG9_ORDER = ("iterations", "data_fraction")
+BEYOND_PAPER = {"fiser_candidates": "FiSeR's candidate classes (eq. 6)",
+                "recipe": "MaskCLIP's recipe choices, one at a time",
+                "modules_earlier_recipe": "Table IV(a) under the earlier recipe"}
 PAPER_ROW = "FOV-Seg"
 FIGURES = "figures"
 TOY_COLUMNS = ("PQ", "PQ_seen", "PQ_unseen", "mIoU", "mIoU_seen", "mIoU_unseen")
@@ -136,17 +156,45 @@ def _peer_block(rows: dict[str, list], n_cols: int) -> list[list[str]]:
             for name, vals in rows.items()]
 
 
+def is_toy(name: str) -> bool:
+    return name.startswith("toy_")
+
+
+def this_run_rows(evals: dict[str, dict], keys: list[str], paper: list) -> tuple[list[list[str] | None], list[str]]:
+    """This run's row under a paper table (columns ``keys`` of :data:`TABLE1_COLUMNS`) and the Δ row to the paper's
+    FOV-Seg row. A run that evaluated no paper benchmark but toy ones gets the toy analogues instead
+    (:data:`TOY_ANALOGUE`), named in the row label, and no Δ row (not the same benchmarks)."""
+    real = {n: m for n, m in evals.items() if not is_toy(n)}
+    if real or not evals:
+        ours = [metric_value(real.get(TABLE1_COLUMNS[k][1], {}), real.get(TABLE1_COLUMNS[k][1]), TABLE1_COLUMNS[k][2])
+                for k in keys]
+        return [None, ["this run", *[fmt(v) for v in ours]],
+                ["Δ this run − FOV-Seg (paper)", *[fmt(delta(a, b), signed=True) for a, b in zip(ours, paper)]]], []
+    cells, used = [], {}
+    for k in keys:
+        title, bench, metric = TABLE1_COLUMNS[k]
+        toy = TOY_ANALOGUE.get(bench)
+        m = evals.get(toy) if toy else None
+        v = metric_value(m or {}, m, metric)
+        cells.append(v)
+        if num(v) is not None:
+            used.setdefault(toy, {})[title.rsplit(" ", 1)[0]] = None
+    label = "this run (toy: " + "; ".join(f"{', '.join(cols)} → {toy}" for toy, cols in used.items()) + ")"
+    return [None, [label if used else "this run (toy: no toy benchmark evaluated)", *[fmt(v) for v in cells]]], \
+        [TOY_NOTE]
+
+
 def table1(evals: dict[str, dict], this_run: bool, train_benchmark: str) -> Table:
+    """Table I; this run's row (or its toy analogues, see :func:`this_run_rows`) when trained on COCO-Panoptic or
+    the toy world."""
     spec = paper_tables()["table1_open_vocab_panoptic"]
     keys = spec["columns"]
     rows: list[list[str] | None] = _peer_block(spec["rows"], len(keys))
     notes = [f"Peers and FOV-Seg (paper): the paper's Table I. {spec['note']}"]
     if this_run:
-        ours = [metric_value(evals.get(TABLE1_COLUMNS[k][1], {}), evals.get(TABLE1_COLUMNS[k][1]),
-                             TABLE1_COLUMNS[k][2]) for k in keys]
-        paper = spec["rows"][PAPER_ROW]
-        rows += [None, ["this run", *[fmt(v) for v in ours]],
-                 ["Δ this run − FOV-Seg (paper)", *[fmt(delta(a, b), signed=True) for a, b in zip(ours, paper)]]]
+        ours, extra = this_run_rows(evals, keys, spec["rows"][PAPER_ROW])
+        rows += ours
+        notes += extra
     else:
         notes.append(f"No 'this run' row: this run trained on {train_benchmark}, not COCO-Panoptic (see Table III).")
     return Table("table1", "Table I: open-vocabulary panoptic and semantic segmentation (trained on COCO-Panoptic)",
@@ -155,16 +203,13 @@ def table1(evals: dict[str, dict], this_run: bool, train_benchmark: str) -> Tabl
 
 def table3(evals: dict[str, dict], this_run: bool, train_benchmark: str) -> Table:
     spec = paper_tables()["table3_open_vocab_semantic_coco_stuff_training"]
-    bench = {"ade20k_150_mIoU": "ade20k_150", "ade20k_847_mIoU": "ade20k_847", "pascal_ctx_59_mIoU": "pascal_ctx_59",
-             "pascal_ctx_459_mIoU": "pascal_ctx_459"}
-    keys = spec["columns"]
+    keys = spec["columns"]  # mIoU columns of TABLE1_COLUMNS
     rows: list[list[str] | None] = _peer_block(spec["rows"], len(keys))
     notes = [f"Peers and FOV-Seg (paper): the paper's Table III. {spec['note']}"]
     if this_run:
-        ours = [(evals.get(bench[k]) or {}).get("mIoU") for k in keys]
-        rows += [None, ["this run", *[fmt(v) for v in ours]],
-                 ["Δ this run − FOV-Seg (paper)",
-                  *[fmt(delta(a, b), signed=True) for a, b in zip(ours, spec["rows"][PAPER_ROW])]]]
+        ours, extra = this_run_rows(evals, keys, spec["rows"][PAPER_ROW])
+        rows += ours
+        notes += extra
     else:
         notes.append(f"No 'this run' row: this run trained on {train_benchmark}, not COCO-Stuff (see Table I).")
     return Table("table3", "Table III: open-vocabulary semantic segmentation (trained on COCO-Stuff)",
@@ -180,43 +225,65 @@ def _mem_gb(entry: dict | None) -> float | None:
     return None if mb is None else mb / 1024
 
 
-def table2_this_run(bench: dict | None, evals: dict[str, dict]) -> list[Any]:
-    """This run's Table II cells (paper column order); None where not measured."""
+def table2_this_run(bench: dict | None, evals: dict[str, dict], small: str = "ade20k_150",
+                     large: str = "ade20k_847") -> list[Any]:
+    """This run's Table II cells (paper column order); None where not measured. ``small`` / ``large``: the
+    benchmarks in the A-150 / A-847 columns (a toy run: ``benchmark.small_vocab`` / ``large_vocab``)."""
     bench = bench or {}
-    inf = bench.get("end_to_end") or bench.get("inference") or {}  # end to end when measured
+    e2e, cls = bench.get("end_to_end") or {}, bench.get("inference") or {}
+    inf = e2e if e2e else cls  # end to end when measured
     trainable = bench.get("trainable_params_paper", bench.get("trainable"))
     iters = bench.get("train_iterations")
-    a150 = evals.get("ade20k_150") or {}
+    a150 = evals.get(small) or {}
     return [bench.get("gpu_hours"), None if iters is None else iters / 1000,
             None if trainable is None else trainable / 1e6,
-            (inf.get("ade20k_847") or {}).get("images_per_s"), _mem_gb(inf.get("ade20k_847")),
-            (inf.get("ade20k_150") or {}).get("images_per_s"), _mem_gb(inf.get("ade20k_150")),
+            (inf.get(large) or {}).get("images_per_s"), _mem_gb(inf.get(large)),
+            (inf.get(small) or {}).get("images_per_s"), _mem_gb(inf.get(small)),
             a150.get("PQ"), a150.get("mIoU")]
 
 
-def table2(bench: dict | None, evals: dict[str, dict], panoptic_trained: bool = True, train_benchmark: str = ""
-           ) -> Table:
+def table2(bench: dict | None, evals: dict[str, dict], panoptic_trained: bool = True, train_benchmark: str = "",
+           toy: bool = False) -> Table:
     """Table II; a run not trained on COCO-Panoptic keeps its cost and speed cells but not the A-150 PQ/mIoU
-    ones (the paper's are after COCO-Panoptic training; such a run's accuracy is in Table III)."""
+    ones (the paper's are after COCO-Panoptic training; such a run's accuracy is in Table III). A toy run
+    (``toy``) shows its own figures, labelled as toy, with no Δ row: a tiny classifier on CPU and toy images
+    are not comparable with the paper's GPU-hours, parameters and FPS (the paper-size classifier's accounting is
+    the table beside it)."""
     spec = paper_tables()["table2_efficiency"]
     keys = spec["columns"]
     rows: list[list[str] | None] = _peer_block(spec["rows"], len(keys))
-    ours = table2_this_run(bench, evals)
-    if not panoptic_trained:
-        ours[-2:] = [None, None]
-    rows += [None, ["this run", *[fmt(v) for v in ours]],
-             ["Δ this run − FOV-Seg (paper)", *[fmt(delta(a, b), signed=True)
-                                                for a, b in zip(ours, spec["rows"][PAPER_ROW])]]]
     b = bench or {}
-    scope = b.get("scope") if "end_to_end" in b else "classifier only, on cached proposals"
+    if toy:
+        small, large = b.get("small_vocab") or "toy_open", b.get("large_vocab") or "toy_open_large"
+        ours = table2_this_run(bench, evals, small, large)
+        rows += [None, [f"this run (toy: A-847 → {large}, A-150 → {small}; {b.get('device', NA)})",
+                        *[fmt(v) for v in ours]]]
+    else:
+        ours = table2_this_run(bench, evals)
+        if not panoptic_trained:
+            ours[-2:] = [None, None]
+        rows += [None, ["this run", *[fmt(v) for v in ours]],
+                 ["Δ this run − FOV-Seg (paper)", *[fmt(delta(a, c), signed=True)
+                                                    for a, c in zip(ours, spec["rows"][PAPER_ROW])]]]
+    scope = b.get("scope") if b.get("end_to_end") else "classifier only, on cached proposals"
     counted = "kept after training (FiSeR predictor excluded)" if "trainable_params_paper" in b else \
         "of the classifier"
     this_run = (f"device {b.get('device', NA)}, precision {b.get('precision', 'not recorded')}, {scope}; FPS = "
                 f"images/s, memory = peak allocated GB; trainable parameters {counted}" if bench else
                 "metrics/benchmark.json is missing: run `dvc repro benchmark`.")
-    notes = [f"Peers and FOV-Seg (paper): the paper's Table II. {spec['note']}", "This run: " + this_run,
-             "A-847/A-150 cells are n/a unless those benchmarks were measured (toy analogues: inference table)."]
-    if not panoptic_trained:
+    notes = [f"Peers and FOV-Seg (paper): the paper's Table II. {spec['note']}", "This run: " + this_run]
+    if toy:
+        secs = num(b.get("train_seconds"))
+        trained = f"trained {secs:.0f} s on {b.get('device', NA)}" if secs is not None else "training time not recorded"
+        gpu = "" if num(b.get("gpu_hours")) is not None else "; GPU-hours n/a without a GPU"
+        notes.append(f"Toy run ({trained}{gpu}): its own figures, not comparable with the "
+                     "paper's, so no Δ row. FPS and memory on the toy benchmarks that play A-847's and A-150's roles "
+                     "(all benchmarks, classifier only and end to end: 'Inference per benchmark'); the paper-size "
+                     "classifier's trainable parameters and vocabulary FLOPs, built here: the accounting table.")
+    else:
+        notes.append("A-847/A-150 cells are n/a unless those benchmarks were measured (toy analogues: "
+                     "'Inference per benchmark').")
+    if not panoptic_trained and not toy:
         notes.append(f"This run trained on {train_benchmark}, not COCO-Panoptic: its A-150 PQ/mIoU cells are left "
                      "out (see Table III for its accuracy); the cost and speed cells compare as they are.")
     return Table("table2", "Table II: training cost, trainable parameters, inference speed and memory",
@@ -249,15 +316,26 @@ def accounting_table(bench: dict | None) -> Table | None:
 
 
 def inference_table(bench: dict | None) -> Table | None:
-    """Images/s and peak memory for every benchmark the benchmark stage measured (toy ones included)."""
-    if not bench or not bench.get("inference"):
+    """Images/s and peak memory for every benchmark the benchmark stage measured (toy ones included): the classifier
+    alone on cached proposals, and end to end (generator + classifier + panoptic merging on raw images, what
+    Table II reports) where measured (``benchmark.small_vocab`` and ``large_vocab``)."""
+    if not bench or not (bench.get("inference") or bench.get("end_to_end")):
         return None
     sizes = bench.get("vocab_sizes") or {}
-    rows = [[name, str(sizes.get(name, NA)), fmt(v.get("images_per_s")), fmt(_mem_gb(v))]
-            for name, v in bench["inference"].items()]
-    return Table("inference", "Classifier inference per benchmark, cached proposals (device "
-                              f"{bench.get('device', NA)}, precision {bench.get('precision', 'not recorded')})",
-                 ["benchmark", "classes", "images/s", "peak memory (GB)"], rows)
+    cls, e2e = bench.get("inference") or {}, bench.get("end_to_end") or {}
+    rows = []
+    for name in list(cls) + [n for n in e2e if n not in cls]:
+        c, e = cls.get(name), e2e.get(name)
+        rows.append([name, str(sizes.get(name, NA)),
+                     fmt(c.get("images_per_s")) if c else "not measured", fmt(_mem_gb(c)) if c else "not measured",
+                     fmt(e.get("images_per_s")) if e else "not measured", fmt(_mem_gb(e)) if e else "not measured"])
+    notes = [f"Device {bench.get('device', NA)}, precision {bench.get('precision', 'not recorded')}. Classifier only: "
+             "mask classification of the stored proposals (text embeddings cached). End-to-end columns: "
+             f"{bench.get('scope') or 'generator + classifier + panoptic merging on raw images'}, measured on "
+             "benchmark.small_vocab and benchmark.large_vocab; Table II's FPS and memory are these."]
+    return Table("inference", "Inference per benchmark: classifier only and end to end",
+                 ["benchmark", "classes", "classifier images/s", "classifier peak memory (GB)", "end-to-end images/s",
+                  "end-to-end peak memory (GB)"], rows, notes)
 
 
 def status_table(evals: dict[str, dict], expected: list[str]) -> Table:
@@ -326,6 +404,31 @@ def paired_delta(row: dict, ref: dict, key: str) -> tuple[float | None, float | 
     return mean, std, len(diffs)
 
 
+def part_order(grid: str, sweep: dict) -> tuple:
+    """Sort key of the Table IV parts: the paper's order (a)-(j), then Fig. 9 (iterations, data fraction), then the
+    grids beyond the paper (:data:`BEYOND_PAPER` first, in that order)."""
+    pt = sweep.get("paper_table") or ""
+    if pt.startswith("IV("):
+        return (0, pt, grid)
+    if pt.startswith("Fig. 9"):
+        return (1, FIG9_ORDER.index(grid) if grid in FIG9_ORDER else len(FIG9_ORDER), pt, grid)
+    beyond = list(BEYOND_PAPER)
+    return (2, beyond.index(grid) if grid in beyond else len(beyond), grid)
+
+
+def part_title(grid: str, sweep: dict) -> str:
+    """``Table IV(a): which modules help (FiSeR, TeVA)``, ``Fig. 9: iterations``, ``Beyond the paper: ...``."""
+    pt = sweep.get("paper_table") or ""
+    if pt.startswith("IV("):
+        return f"Table {pt}: {PART_TITLES.get(pt, grid.replace('_', ' '))} (grid {grid})"
+    fig9 = re.match(r"Fig\.\s*9\s*(?:\((.+)\))?$", pt)
+    if fig9:
+        return f"Fig. 9: {fig9.group(1) or grid.replace('_', ' ')} (grid {grid})"
+    if pt:
+        return f"{pt}: grid {grid}"
+    return f"Beyond the paper: {BEYOND_PAPER.get(grid, grid.replace('_', ' '))} (grid {grid})"
+
+
 def table4(grid: str, sweep: dict) -> Table:
     """One Table IV part: this run's mean (± std over seeds) per row, its difference to the reference row
     (paired by seed: mean ± std of the per-seed differences), the paper's values and difference."""
@@ -355,16 +458,52 @@ def table4(grid: str, sweep: dict) -> Table:
             cells += [fmt(p.get(k)), fmt(delta(p.get(k), (ref_paper or {}).get(k)), signed=True)]
         cells.append(str(len(r.get("failures", []))))
         rows.append(cells)
-    notes = [f"From metrics/sweeps/{grid}.json: benchmarks {', '.join(sweep.get('benchmarks', []))}, seeds "
-             f"{sweep.get('seeds', [])}, {sweep.get('failed_trials', 0)} failed trial(s), "
-             f"{fmt(sweep.get('wall_seconds'))} s. Reference row: {sweep.get('reference_row', NA)}. Δ ref: the "
+    wall = f", {fmt(sweep['wall_seconds'])} s" if num(sweep.get("wall_seconds")) is not None else ""
+    notes = [f"From metrics/sweeps/{grid}.json (preset {sweep.get('preset') or 'not recorded'}): benchmarks "
+             f"{', '.join(sweep.get('benchmarks', []))}, seeds {sweep.get('seeds', [])}, "
+             f"{sweep.get('failed_trials', 0)} failed trial(s){wall}. Reference row: "
+             f"{sweep.get('reference_row', NA)}. Δ ref: the "
              "mean ± std over seeds of (row - reference) on the same seed (same initialisation, batches and "
              "images): the std is how much the difference itself moves from seed to seed."]
     if key:
         notes.append(f"Paper: Table {sweep['paper_table']} ({paper_tables()['table4_ablations']['_note']})")
-    title = (f"Table {sweep['paper_table']} analogue: sweep '{grid}'" if sweep.get("paper_table")
-             else f"Ablation beyond the paper: sweep '{grid}'")
-    return Table(f"table4_{grid}", title, cols, rows, notes)
+    return Table(f"table4_{grid}", part_title(grid, sweep), cols, rows, notes)
+
+
+def recipe_change_table(before: dict, after: dict, before_name: str = "modules_earlier_recipe",
+                        after_name: str = "modules") -> Table | None:
+    """Before/after the recipe change: Table IV(a)'s rows under the earlier recipe (``before``) and under the
+    current one (``after``), matched by row label; per row the mean PQ (and unseen PQ) before and after and the
+    mean ± sample std over seeds of (after − before) on the same seed. None without a common row."""
+    if (before.get("preset") or None) != (after.get("preset") or None):
+        return None
+    by_label = {r["label"]: r for r in before.get("rows", [])}
+    pairs = [(r, by_label[r["label"]]) for r in after.get("rows", []) if r["label"] in by_label]
+    if not pairs:
+        return None
+    benches = [b for b in after.get("benchmarks") or [] if b in set(before.get("benchmarks") or [])]
+    keys = [f"{b}/{m}" for b in benches for m in ("PQ", "PQ_unseen")
+            if any(f"{b}/{m}" in r.get("mean", {}) and f"{b}/{m}" in p.get("mean", {}) for r, p in pairs)]
+    cols = ["row", "paired seeds"]
+    for k in keys:
+        cols += [f"before {k}", f"after {k}", f"Δ {k}"]
+    rows = []
+    for r, p in pairs:
+        n = len(set(r.get("seeds") or []) & set(p.get("seeds") or []))
+        cells = [r["label"], str(n)]
+        for k in keys:
+            d_mean, d_std, n_pairs = paired_delta(r, p, k)
+            cells += [fmt(p.get("mean", {}).get(k)), fmt(r.get("mean", {}).get(k)),
+                      fmt(d_mean, signed=True) + (f" ± {fmt(d_std)}" if d_std is not None else "")
+                      + ("" if n_pairs else " (means, unpaired)")]
+        rows.append(cells)
+    notes = [f"Before: metrics/sweeps/{before_name}.json (the recipe before MaskCLIP's: IoU targets, objectness × "
+             f"class score, aspect-kept classifier input, residual TeVA, no decay for 1-D parameters); after: "
+             f"metrics/sweeps/{after_name}.json (MaskCLIP's recipe). Δ: mean ± sample std over seeds of "
+             "(after − before) on the same seed (same initialisation, batches and images), so the seed-to-seed "
+             "spread both share cancels; no std with a single paired seed."]
+    return Table("recipe_change", "Recipe change: Table IV(a) before (earlier recipe) and after (MaskCLIP's recipe), "
+                 "paired by seed", cols, rows, notes)
 
 
 def fig2_table(evals: dict[str, dict]) -> Table:

@@ -5,9 +5,11 @@ template with those libraries inlined (the bundle that the ``vl-convert-python``
 ``{scripts}`` placeholder, so DVC adds no CDN tags:
 
     python -m pipeline.scripts.offline_plots            # -> .dvc/tmp/offline_plots.html
-    dvc plots show --html-template .dvc/tmp/offline_plots.html
+    dvc plots show --html-template .dvc/tmp/offline_plots.html --out .dvc/tmp/plots
 
-(``make plots`` does both.) The template is generated, not committed (about 0.9 MB).
+(``make plots`` does both; the page is ``.dvc/tmp/plots/index.html``, beside its images in ``static/``, inside
+``.dvc/tmp`` which git and DVC ignore. Without ``--out``, DVC writes ``dvc_plots/`` in the working tree, which
+``.gitignore`` lists.) The template is generated, not committed (about 0.9 MB).
 """
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import Params, ParamsError, Section, params_from_dict, to_dict
+from pipeline.config import Params, Section, to_dict
+from pipeline.errors import ParamsError
+from pipeline.params_file import params_from_dict
 from pipeline.tracking import code_digest
 
 GRID_DIR = Path(__file__).parent / "grids"  # the packaged grids: <name>.yaml, and _base.yaml per preset

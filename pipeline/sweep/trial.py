@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline.config import Params, to_dict
 from pipeline.data.formats import write_metrics
@@ -22,8 +22,10 @@ VARIANT = {("trained", "proposals"): "trained", ("trained", "oracle"): "oracle_g
 
 @dataclass(frozen=True)
 class SharedInputs:
-    """Read-only inputs every trial shares (absolute paths), plus the shared proposal cache for other generators."""
+    """Read-only inputs every trial shares (paths on the trial's node), plus the shared proposal cache for other
+    generators. The driver sends them relative to the shared root (pipeline.sweep.runner.portable)."""
 
+    PATHS: ClassVar[tuple[str, ...]] = ("backbones", "proposals_root", "proposal_cache", "workdir")
     backbones: str
     proposals_root: str  # <bench>/ subfolders computed with the base generator
     proposal_cache: str  # <generator key>/<bench>/ for rows that change the generator
@@ -79,12 +81,13 @@ def _train(params: Params, shared: SharedInputs, trial_dir: Path, train_proposal
 
     device = init_seed_and_device(params.seed, params.device)
     metrics = run_training(data=params.data, clip=params.backbones.clip, model=params.model, train=params.train,
-                           generator=params.backbones.generator, proposals=params.proposals, seed=params.seed,
+                           generator=params.backbones.generator, proposals=params.proposals,
+                           evaluate=params.evaluate, seed=params.seed,
                            device=device, backbones_dir=shared.backbones,
                            proposals_dir=train_proposals, checkpoints_dir=trial_dir / "checkpoints",
                            out_dir=trial_dir, curve_path=trial_dir / "train_curve.csv")
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return numeric, trial_dir / "model.pt"
+    return numeric, trial_dir / "last.pt"
 
 
 def _evaluate(params: Params, bench: str, backbones: str, checkpoint: Path | None, proposals: Path | None,

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import load_params, override
+from pipeline.config import override
+from pipeline.params_file import load_params
 from pipeline.presets import preset_params
 from pipeline.sweep.grids import GridError, available_grids, load_grid, trial_params
 from pipeline.sweep.runner import SweepOptions, run_sweep
@@ -196,7 +197,7 @@ def test_real_trial_trains_evaluates_and_resumes_from_its_own_dir(tiny_inputs, t
                               benchmarks=["toy_open"]).result()
     assert {"toy_open/PQ", "toy_open/mIoU", "toy_open/PQ_unseen", "toy_open/mIoU_unseen", "train/loss"} <= set(metrics)
     assert all(np.isfinite(v) for v in metrics.values()) and metrics["train/resumed_from"] == 0
-    assert (trial_dir / "checkpoints" / "last.pt").is_file() and (trial_dir / "model.pt").is_file()
+    assert (trial_dir / "checkpoints" / "last.pt").is_file() and (trial_dir / "last.pt").is_file()
     assert json.loads((trial_dir / "metrics.json").read_text())["toy_open/PQ"] == pytest.approx(metrics["toy_open/PQ"])
     again = run_trial(params, {**TINY, "seed": 0}, trial_dir, shared, benchmarks=["toy_open"])
     assert again["train/resumed_from"] == 2  # the checkpoint in the trial dir: no step re-run
@@ -223,6 +224,7 @@ def ray_head(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "TUNE_GLOBAL_CHECKPOINT_S"):
         mp.setenv(k, env[k])
+    _reset_ray_token_cache()  # a Ray used earlier in this process (a local ray.init) cached another token
     with log_path.open("w") as log:
         head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
                                  str(port), "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
@@ -244,6 +246,17 @@ def ray_head(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         mp.undo()
+        _reset_ray_token_cache()
+
+
+def _reset_ray_token_cache() -> None:
+    """Ray's driver reads its auth token once per process (``$RAY_AUTH_TOKEN``, else ``~/.ray/auth_token``)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):
+        pass
 
 
 def _fake_trial(params, overrides, trial_dir, shared, *, benchmarks, evaluation):
@@ -306,10 +319,16 @@ def test_mlflow_has_one_parent_with_nested_children(fake_sweep):
     exp = client.get_experiment_by_name("fovseg-toy")
     parents = client.search_runs([exp.experiment_id], "tags.kind = 'sweep'")
     assert len(parents) == 1 and parents[0].data.tags["grid"] == "test" and parents[0].data.tags["git_commit"]
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
-    assert len(children) == 8
+    rows = {r.data.tags["row"]: r for r in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")}
+    assert set(rows) == {"one", "two", "broken", "pending"}  # one run per grid row under the sweep
+    assert rows["one"].data.metrics["toy_open/PQ"] == 10.5 and rows["two"].data.metrics["toy_open/PQ_delta"] == 10.0
+    children = [c for r in rows.values() for c in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")]
+    assert len(children) == 8 and all(c.data.tags["kind"] == "sweep_trial" for c in children)
     one = next(c for c in children if c.data.tags["trial"] == "one__seed1")
     assert one.data.metrics["toy_open/PQ"] == 11.0 and one.data.params["override.model.adapter_layers"] == "1"
+    assert one.data.tags["mlflow.parentRunId"] == rows["one"].info.run_id
     assert sum(c.info.status == "FAILED" for c in children) == 3
     # each child spans its trial's own time (not the moment it was logged), inside the parent's span
     two = next(c for c in children if c.data.tags["trial"] == "two__seed0")
@@ -349,7 +368,7 @@ def test_rerun_after_a_code_edit_runs_the_trials_again(ray_head, toy_root, tmp_p
 DRIVER = """
 import sys, time, dataclasses
 from pathlib import Path
-from pipeline.config import load_params
+from pipeline.params_file import load_params
 from pipeline.sweep.grids import trial_params
 from pipeline.sweep.runner import SweepOptions, run_sweep
 
@@ -399,6 +418,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_head, toy_ro
     driver.send_signal(signal.SIGKILL)
     driver.wait(30)
     assert not (tmp_path / "result.json").exists()
+    assert _trial_runs(tmp_path / "mlflow.db") == ["one__seed0"]  # logged as it finished, before the kill
     (tmp_path / "release").touch()
     rerun = start()
     assert rerun.wait(240) == 0, (tmp_path / "driver.log").read_text()[-3000:]
@@ -407,6 +427,15 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_head, toy_ro
     rows = {r["label"]: r for r in json.loads((tmp_path / "result.json").read_text())["rows"]}
     assert rows["one"]["n"] == rows["two"]["n"] == 1
     assert rows["two"]["values"]["toy_open/earlier_runs"] == [1.0]  # it found its interrupted attempt's files
+    assert _trial_runs(tmp_path / "mlflow.db") == ["one__seed0", "two__seed0"]  # the restored run: no duplicate
+
+
+def _trial_runs(db: Path) -> list[str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("fovseg-toy")
+    return sorted(r.data.tags["trial"] for r in client.search_runs([exp.experiment_id], "tags.kind = 'sweep_trial'"))
 
 
 @pytest.mark.slow
@@ -462,3 +491,96 @@ def test_rows_without_teva_run_without_the_adapter_and_agree_with_the_maskclip_r
         assert (m.teva.target_attention, m.adapter_layers) == (False, 0), (grid, label)
         assert (m.teva, m.adapter_layers, m.trainable) == (maskclip.teva, maskclip.adapter_layers, maskclip.trainable)
     assert model("modules", "+ TeVA").adapter_layers == 2 and model("teva_parts", "+ mask-image x-att").adapter_layers
+
+
+# ----------------------------------------------------------------------------- a second node (cluster)
+@pytest.fixture(scope="module")
+def ray_second_node(ray_head, tmp_path_factory):
+    """A second Ray node joined to ``ray_head``, started from another folder without the repository on its
+    PYTHONPATH and with its own mount of the shared root (``FOVSEG_SHARED_ROOT``: a symlink to it). Stopped by
+    its pid (not `ray stop`, which would stop every Ray instance of this user on the machine)."""
+    shared = tmp_path_factory.mktemp("shared_root")
+    alias = tmp_path_factory.mktemp("mounts") / "shared"
+    alias.symlink_to(shared)
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    env = {k: v for k, v in ray_head["env"].items() if k != "PYTHONPATH"}
+    env["FOVSEG_SHARED_ROOT"] = str(alias)
+    log_path = elsewhere / "node.log"
+    with log_path.open("w") as log:
+        node = subprocess.Popen([str(RAY), "start", "--block", "--address", ray_head["address"], "--node-ip-address",
+                                 "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"], cwd=elsewhere, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log_path.read_text():
+            assert node.poll() is None and time.time() < deadline, f"ray node did not start: {log_path.read_text()}"
+            time.sleep(0.5)
+        yield {"root": shared, "alias": alias}
+    finally:
+        node.send_signal(signal.SIGTERM)
+        try:
+            node.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+
+
+def _where_trial(params, overrides, trial_dir, shared, *, benchmarks, evaluation):
+    """Records where it ran: node, cwd, the trial folder it was given and the code it imported."""
+    import ray
+
+    import pipeline.tracking
+
+    p = trial_params(params, overrides)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / "where.json").write_text(json.dumps({
+        "node": ray.get_runtime_context().get_node_id(), "cwd": os.getcwd(), "trial_dir": str(trial_dir),
+        "backbones": shared.backbones, "data_root": str(p.data.root), "code": pipeline.tracking.__file__}))
+    time.sleep(3)  # three trials at once: every node gets one
+    return {f"{b}/PQ": 10.0 * p.model.adapter_layers + p.seed for b in benchmarks}
+
+
+def test_cluster_nodes_get_the_code_shipped_and_paths_under_their_shared_root(ray_head, ray_second_node, toy_root,
+                                                                              monkeypatch):
+    """Two nodes (the head with 2 CPUs, a second one with 1 CPU started elsewhere, its shared root mounted at
+    another path): every trial finishes, the code comes from the job's working_dir copy (not the repository),
+    each node resolves the trial folders and inputs under its own mount, and each trial's MLflow run is written
+    by the driver as the trial ends, before the sweep's summary."""
+    from mlflow import MlflowClient
+    from ray import cloudpickle
+
+    from pipeline.sweep import runner
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    root, alias = ray_second_node["root"], ray_second_node["alias"]
+    data = root / "datasets"
+    data.symlink_to(toy_root)  # the dataset root under the shared root: it travels as "datasets"
+    monkeypatch.chdir(root)
+    calls = []
+    log_trial, finish = runner.SweepTracking.log_trial, runner.SweepTracking.finish
+    monkeypatch.setattr(runner.SweepTracking, "log_trial",
+                        lambda self, t: (calls.append(t["name"]), log_trial(self, t)))
+    monkeypatch.setattr(runner.SweepTracking, "finish", lambda self, *a: (calls.append("finish"), finish(self, *a)))
+    grid = {**GRID, "rows": GRID["rows"][:2]}
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    opts = SweepOptions(out=root / "out", storage=root / "ray", metrics=root / "m.json", backbones=root / "bb",
+                        proposals_root=root / "props", address=ray_head["address"], seeds=(0, 1),
+                        tracking_uri=uri, trial_fn=_where_trial, verbose=0, shared_root=root)
+    params = override(_params(data), {"sweep.cpus_per_trial": 1.0, "data.root": "datasets"})
+    summary = run_sweep(_write_grid(root / "grid.yaml", grid), params, opts)
+    assert summary["failed_trials"] == 0 and [r["n"] for r in summary["rows"]] == [2, 2]
+    where = [json.loads(p.read_text()) for p in (root / "out").glob("*/*/where.json")]
+    assert len(where) == 4 and len({w["node"] for w in where}) == 2, where  # both nodes ran trials
+    on_alias = [w for w in where if w["trial_dir"].startswith(str(alias))]
+    assert on_alias and {w["node"] for w in on_alias} != {w["node"] for w in where}, where
+    for w in where:
+        mount = alias if w in on_alias else root
+        assert Path(w["cwd"]) == root and w["backbones"] == str(mount / "bb")  # cwd: the mount, symlinks resolved
+        assert w["data_root"] == str(mount / "datasets")
+        assert not w["code"].startswith(str(REPO)) and "runtime_resources" in w["code"], w  # the shipped copy
+    # MLflow: each trial's run, logged as it ended (before the summary), under its row
+    assert calls.index("finish") >= 4 and set(calls[:4]) == {f"{r}__seed{s}" for r in ("one", "two") for s in (0, 1)}
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.kind = 'sweep_trial'")
+    assert sorted(r.data.tags["trial"] for r in runs) == ["one__seed0", "one__seed1", "two__seed0", "two__seed1"]
+    assert all(r.info.status == "FINISHED" and r.data.metrics["toy_open/PQ"] >= 10 for r in runs)
