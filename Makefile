@@ -32,7 +32,7 @@ endif
 	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test test-all lint mlflow-ui plots
+.PHONY: install demo test test-all smoke lint mlflow-ui plots
 install: $(BIN)/fovseg
 
 # the whole pipeline on the toy preset: plain `dvc repro`
@@ -47,13 +47,23 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q -m ""
 
+# the paper path at the paper's shapes (ViT-L at 896, Swin-B, 100 proposals, random weights), every stage
+# through dvc repro on tiny data: about 20-30 minutes on 2 CPU cores (tests/test_paper_smoke.py)
+smoke: install
+	$(BIN)/python -m pytest -q -s -m paper_smoke
+
 lint: install
 	$(BIN)/ruff check .
 
+# the MLflow UI on this machine only (127.0.0.1); another port: make mlflow-ui PORT=5001
+PORT ?= 5000
 mlflow-ui: install
 	$(BIN)/python -m pipeline.tracking relocate mlflow.db  # the store may have been moved with mlartifacts/
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/python -m pipeline.tracking urls mlflow.db $(PORT)  # each experiment's runs table, model-training mode
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
 
-plots: install  # dvc plots show, offline (vega inlined instead of loaded from a CDN)
+# dvc plots show, offline (vega inlined instead of loaded from a CDN), into .dvc/tmp/plots/ (untracked, not a
+# dvc_plots/ folder in the working tree): the loss curve, the evaluation curve and the report's PNGs
+plots: install
 	$(BIN)/python -m pipeline.scripts.offline_plots --out .dvc/tmp/offline_plots.html
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc plots show --html-template .dvc/tmp/offline_plots.html
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc plots show --html-template .dvc/tmp/offline_plots.html --out .dvc/tmp/plots

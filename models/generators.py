@@ -28,6 +28,19 @@ def tiny_mask2former_config(image_size: int = 96, num_queries: int = 16):
                              id2label={0: "object"}, label2id={"object": 0})
 
 
+def swin_b_mask2former_config(num_queries: int = 100, image_size: int = 384, num_labels: int = 133):
+    """Mask2Former Swin-B, the COCO-panoptic architecture of ``facebook/mask2former-swin-base-coco-panoptic``, as a
+    transformers config (random weights: the paper-shape smoke test and the GPU benchmark)."""
+    from transformers import Mask2FormerConfig, SwinConfig
+
+    backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=128, depths=[2, 2, 18, 2],
+                          num_heads=[4, 8, 16, 32], window_size=12, drop_path_rate=0.0,
+                          out_features=["stage1", "stage2", "stage3", "stage4"])
+    labels = {i: f"class_{i}" for i in range(num_labels)}
+    return Mask2FormerConfig(backbone_config=backbone, num_queries=num_queries, id2label=labels,
+                             label2id={v: k for k, v in labels.items()})
+
+
 def build_mask2former(name: str, image_size: int = 96, random_init: bool = False) -> nn.Module:
     """A hub id or local directory (``from_pretrained``), or ``fovseg-tiny`` with random weights."""
     from transformers import Mask2FormerForUniversalSegmentation
@@ -111,6 +124,16 @@ class Mask2FormerGenerator:
         self.mask_threshold, self.min_area, self.device = mask_threshold, min_area, device
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+
+    def describe(self) -> str:
+        """The architecture in one phrase (for logs): ``Mask2Former: Swin backbone (embed 128, depths [...]), 100
+        queries``."""
+        cfg = self.model.config
+        backbone = getattr(cfg, "backbone_config", None)
+        arch = f"{type(backbone).__name__.removesuffix('Config')} backbone" if backbone is not None else "backbone"
+        if backbone is not None and hasattr(backbone, "embed_dim"):
+            arch += f" (embed {backbone.embed_dim}, depths {list(backbone.depths)})"
+        return f"Mask2Former: {arch}, {cfg.num_queries} queries"
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """HxWx3 uint8 arrays -> (a normalised, zero-padded (B,3,Hp,Wp) batch, each image's resized (h, w))."""

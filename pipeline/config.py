@@ -1,10 +1,8 @@
-"""Typed, validated parameters: params.yaml -> frozen pydantic models.
+"""The params schema: frozen pydantic models, one per params.yaml section, with every default value and bound.
 
 Every default value is written here, once: ``params.yaml`` is this schema rendered for the toy preset
-(:func:`render_params`; a test keeps them equal) and the presets (``pipeline/presets/<name>.yaml``) override only
-the keys they change. Loading is strict: every key must be in the file (a missing key is an error naming it,
-never a silent default), unknown keys, wrong types and out-of-range values are errors that name the key path,
-the value, the allowed range and the file.
+(:func:`pipeline.presets.render_params`; a test keeps them equal) and the presets (``pipeline/presets/<name>.yaml``)
+override only the keys they change. Reading and validating a params file: :mod:`pipeline.params_file`.
 """
 from __future__ import annotations
 
@@ -12,10 +10,7 @@ import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
-
-from pipeline.errors import ParamsError
-from pipeline.params_file import describe, missing_keys, read_params_yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed's range
 Precision = Literal["fp32", "bf16", "auto"]
@@ -176,8 +171,8 @@ class ProposalsParams(Section):
 class TevaParams(Section):
     target_attention: bool = Field(True, description="TeVA: mask tokens x target-class text embeddings (g_q, g_k, "
                                                      "g_v; eqs. 9-10) before the image step")
-    form: Literal["replace", "residual"] = Field("replace", description="replace: [MASK^] is f_q's input (eqs. "
-                                                 "7-10, random g); residual: [MASK] + TeVA, starts as MaskCLIP")
+    form: Literal["replace", "residual"] = Field("residual", description="replace: [MASK^] is f_q's input (eqs. "
+                                                 "7-10, random g; paper); residual: [MASK] + TeVA, starts as MaskCLIP")
     train_targets: Literal["image", "vocabulary"] = Field("image", description="[TGT] in training: each image's "
                                                                               "classes | the vocabulary")
     width: int = Field(0, ge=0, le=65536, description="g_q/g_k/g_v width; 0 = CLIP's width, else a bottleneck")
@@ -252,6 +247,10 @@ class TrainParams(Section):
     lsj_max_scale: float = Field(1.5, gt=0, le=10)
     crop_size: int = Field(96, ge=16, le=8192)
     checkpoint_every: int = Field(100, ge=1, le=100_000_000)
+    eval_every: int = Field(250, ge=0, le=100_000_000, description="evaluate on eval_benchmark every N iterations "
+                                                                   "(best.pt, a curve); 0 = never")
+    eval_benchmark: str = Field("toy_open", description="one of data.eval_benchmarks")
+    eval_images: int = Field(64, ge=0, le=1_000_000, description="its first N images; 0 = all")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where native)")
     loss_weights: LossWeights = Field(default_factory=LossWeights)
     assignment: Literal["hungarian", "iou"] = Field("hungarian", description="proposal targets: bipartite "
@@ -279,6 +278,9 @@ class TrainParams(Section):
                "never reaches the lr")
         _check(self.lsj_min_scale <= self.lsj_max_scale, "lsj_min_scale",
                f"{self.lsj_min_scale} must be <= lsj_max_scale ({self.lsj_max_scale})")
+        _check(self.batch_size % self.gpus == 0, "batch_size",
+               f"{self.batch_size} (the global batch) must divide by gpus ({self.gpus}): each GPU takes "
+               "batch_size / gpus images")
         return self
 
 
@@ -286,12 +288,14 @@ class EvaluateParams(Section):
     test_short_side: int = Field(64, ge=16, le=4096, description="paper: 800")
     test_max_side: int = Field(107, ge=16, le=8192, description="paper: 1333")
     object_threshold: float = Field(0.3, ge=0, lt=1, description="panoptic merging: minimum segment score")
-    score: Literal["class", "objectness_x_class"] = Field("class", description="segment score: class probability "
-                                                          "(MaskCLIP/Mask2Former) | x the generator's objectness")
+    score: Literal["class", "objectness_x_class"] = Field("objectness_x_class", description="segment score: "
+                                                          "class prob. (MaskCLIP; paper) | x generator objectness")
     classifier_input: Literal["square", "aspect"] = Field("square", description="classifier sees the image squashed "
                                                           "to R x R (MaskCLIP) | the test resize, aspect kept")
     overlap_threshold: float = Field(0.6, gt=0, le=1, description="panoptic merging: kept fraction of a mask")
     max_images: int = Field(0, ge=0, le=100_000_000, description="0 = all")
+    checkpoint: Literal["last", "best"] = Field("last", description="which trained weights the evaluate stage "
+                                                                    "scores (paper protocol: last)")
 
     @model_validator(mode="after")
     def _sides(self) -> EvaluateParams:
@@ -303,12 +307,28 @@ class EvaluateParams(Section):
 class BenchmarkParams(Section):
     n_images: int = Field(8, ge=1, le=100_000)
     n_proposals: int = Field(100, ge=1, le=1000)
+    repeats: int = Field(3, ge=1, le=100, description="timing runs per benchmark (alternated)")
+    attention_images: int = Field(3, ge=1, le=1000, description="images of small_vocab the attention stage draws")
     small_vocab: str = "toy_open"
     large_vocab: str = "toy_open_large"
 
 
 class TrackingParams(Section):
     experiment: str = Field("fovseg-toy", min_length=1, max_length=200, description="MLflow experiment name")
+
+    @model_validator(mode="after")
+    def _visible_name(self) -> TrackingParams:
+        """A name that shows in the MLflow UI as written: not blank, no newline/tab/control character, no
+        leading or trailing spaces (they would silently make a second, look-alike experiment)."""
+        name = self.experiment
+        _check(name.strip() != "", "experiment", f"{name!r} is blank; give a visible MLflow experiment name, "
+                                                 "e.g. fovseg-toy")
+        bad = next((c for c in name if not c.isprintable()), None)
+        _check(bad is None, "experiment", f"{name!r} contains the control character {bad!r} (a newline, tab, ...); "
+                                          "write the name on one line")
+        _check(name == name.strip(), "experiment", f"{name!r} has leading or trailing spaces; write "
+                                                   f"{name.strip()!r}")
+        return self
 
 
 class SweepParams(Section):
@@ -346,55 +366,16 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _benchmark_vocabularies(self) -> Params:
+        _check(self.train.eval_every == 0 or self.train.eval_benchmark in self.data.eval_benchmarks,
+               "train.eval_benchmark", f"{self.train.eval_benchmark!r} must be one of data.eval_benchmarks "
+               f"{list(self.data.eval_benchmarks)} (its proposals are computed there)")
+        _check(self.evaluate.checkpoint == "last" or self.train.eval_every > 0, "evaluate.checkpoint",
+               "'best' needs train.eval_every > 0 (the best checkpoint comes from the periodic evaluation)")
         for key in ("small_vocab", "large_vocab"):
             _check(getattr(self.benchmark, key) in self.data.eval_benchmarks, f"benchmark.{key}",
                    f"{getattr(self.benchmark, key)!r} must be one of data.eval_benchmarks "
                    f"{list(self.data.eval_benchmarks)} (its proposals are computed there)")
         return self
-
-
-# ----------------------------------------------------------------------------- loading
-def params_from_dict(data: Any, source: str = "<dict>", complete: bool = True) -> Params:
-    """Build and validate :class:`Params` from a nested dict; errors name ``source``, the key and the value.
-    ``complete``: every schema key must be present (params files); otherwise missing keys take the defaults."""
-    if not isinstance(data, dict):
-        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    try:
-        params = Params.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()  # an item's error also fails its list's checks: keep the item's
-        lines = [describe(e, Params) for e in errors
-                 if not any(o["loc"][:len(e["loc"])] == e["loc"] and len(o["loc"]) > len(e["loc"]) for o in errors)]
-        raise ParamsError(f"{source}: " + "; ".join(lines[:5]) + (f" (and {len(lines) - 5} more)"
-                                                                 if len(lines) > 5 else "")) from None
-    if complete:
-        missing = missing_keys(data, Params)
-        if missing:
-            defaults = to_dict(Params())
-            shown = ", ".join(f"{k} (default: {_lookup(defaults, k)!r})" for k in missing[:5])
-            raise ParamsError(f"{source}: missing key(s) {shown}{' ...' if len(missing) > 5 else ''}; add them "
-                              "(defaults are never filled in silently), or regenerate the file with "
-                              "`fovseg preset <name> --force`")
-    return params
-
-
-def _lookup(d: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d[part]
-    return d
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; every key must be present."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"params file {path} not found (looked in {Path.cwd()}): run from the repository "
-                                "root, or pass --params PATH to an existing params file")
-    data = read_params_yaml(path)
-    if data is None:
-        raise ParamsError(f"{path} is empty; restore the toy preset with `git checkout {path.name}` or "
-                          "`fovseg preset toy --force` (built-in defaults are never used silently)")
-    return params_from_dict(data, str(path))
 
 
 def to_dict(obj: Any) -> Any:

@@ -38,10 +38,30 @@ def pick_device(choice: str = "auto") -> torch.device:
         choice = "cuda" if torch.cuda.is_available() else "cpu"
         if choice == "cpu" and not _warned_cpu_fallback:
             _warned_cpu_fallback = True
-            log.warning("device: auto found no CUDA device: running on CPU (set device: cpu to make this explicit)")
+            first = _first_notice_of_this_run("cpu-fallback")
+            log.log(logging.WARNING if first else logging.DEBUG, "device: auto found no CUDA device: running on CPU "
+                    "(set device: cpu to make this explicit)")
     if choice == "cuda" and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", local_rank_gpu(int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()))
     return torch.device(choice)
+
+
+def _first_notice_of_this_run(notice: str) -> bool:
+    """Whether this process is the first of the pipeline run (its stages share a run group, see
+    :func:`pipeline.tracking.run_group`) to give ``notice``: a marker file in the temp folder says so."""
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.tracking import run_group
+
+    marker = Path(tempfile.gettempdir()) / f"fovseg-{notice}-{run_group()}"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no writable temp folder: say it every time rather than never
+        return True
 
 
 def local_rank_gpu(local_rank: int, visible: int) -> int:

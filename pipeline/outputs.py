@@ -37,7 +37,7 @@ def model_paths(args: argparse.Namespace) -> None:
     if args.backbones is None:
         args.backbones = stage_argument("backbones", "--out")
     if args.checkpoint is None and not getattr(args, "zero_shot", False):
-        args.checkpoint = str(Path(stage_argument("train", "--out")) / "model.pt")
+        args.checkpoint = str(Path(stage_argument("train", "--out")) / "last.pt")
 
 
 def sweep_paths(args: argparse.Namespace, grid: str) -> None:

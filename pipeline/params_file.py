@@ -1,6 +1,7 @@
-"""Reading params files and explaining what is wrong with them: YAML with duplicate keys refused and ``1e-3`` read
-as a number, pydantic errors turned into one line per key (path, what is wrong, the value, the allowed range), and
-the keys a file lacks."""
+"""Reading params files (:func:`load_params`) and explaining what is wrong with them: YAML with duplicate keys
+refused and ``1e-3`` read as a number; every key must be in the file (a missing key is an error naming it and its
+default, never a silent default); unknown keys, wrong types and out-of-range values are one line per key (path,
+what is wrong, the value, the allowed range) naming the file."""
 from __future__ import annotations
 
 import re
@@ -8,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from pipeline.config import Params, to_dict
 from pipeline.errors import ParamsError
 
 
@@ -118,3 +120,44 @@ def missing_keys(data: dict, cls: type[BaseModel], prefix: str = "") -> list[str
     return out
 
 
+def params_from_dict(data: Any, source: str = "<dict>", complete: bool = True) -> Params:
+    """Build and validate :class:`Params` from a nested dict; errors name ``source``, the key and the value.
+    ``complete``: every schema key must be present (params files); otherwise missing keys take the defaults."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    try:
+        params = Params.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()  # an item's error also fails its list's checks: keep the item's
+        lines = [describe(e, Params) for e in errors
+                 if not any(o["loc"][:len(e["loc"])] == e["loc"] and len(o["loc"]) > len(e["loc"]) for o in errors)]
+        raise ParamsError(f"{source}: " + "; ".join(lines[:5]) + (f" (and {len(lines) - 5} more)"
+                                                                 if len(lines) > 5 else "")) from None
+    if complete:
+        missing = missing_keys(data, Params)
+        if missing:
+            defaults = to_dict(Params())
+            shown = ", ".join(f"{k} (default: {_lookup(defaults, k)!r})" for k in missing[:5])
+            raise ParamsError(f"{source}: missing key(s) {shown}{' ...' if len(missing) > 5 else ''}; add them "
+                              "(defaults are never filled in silently), or regenerate the file with "
+                              "`fovseg preset <name> --force`")
+    return params
+
+
+def _lookup(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; every key must be present."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"params file {path} not found (looked in {Path.cwd()}): run from the repository "
+                                "root, or pass --params PATH to an existing params file")
+    data = read_params_yaml(path)
+    if data is None:
+        raise ParamsError(f"{path} is empty; restore the toy preset with `git checkout {path.name}` or "
+                          "`fovseg preset toy --force` (built-in defaults are never used silently)")
+    return params_from_dict(data, str(path))

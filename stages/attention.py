@@ -1,6 +1,6 @@
-"""Stage `attention`: Fig. 6 maps (original CLIP vs trained) for the first ``--n`` images of a benchmark, with
-the classes of each image's ground truth (at most ``--max-classes``, unseen classes first); an input of the
-report."""
+"""Stage `attention`: Fig. 6 maps (original CLIP vs trained) for the first ``benchmark.attention_images`` images
+of a benchmark, with the classes of each image's ground truth (at most ``--max-classes``, unseen classes first); an
+input of the report."""
 from __future__ import annotations
 
 import json
@@ -35,7 +35,7 @@ def main(args, params: Params) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     index = []
-    for i in range(min(args.n, len(ds))):
+    for i in range(min(params.benchmark.attention_images, len(ds))):
         sample = ds[i]
         labels = image_classes(sample, ds.vocab, seen, args.max_classes)
         sub = {k: (m, t[labels]) for k, (m, t) in models.items()}
@@ -52,7 +52,6 @@ def main(args, params: Params) -> dict:
 
 def build_parser():
     ap = parser(__doc__, "benchmark", "backbones", "checkpoint", "out")
-    ap.add_argument("--n", type=int, default=3, help="how many images of the benchmark (default: 3)")
     ap.add_argument("--max-classes", type=int, default=4)
     return ap
 

@@ -77,7 +77,7 @@ def test_predict_with_a_packaged_vocabulary_and_a_glob(tiny_backbones, toy_root,
     (["nope/*.png", "--classes", "a"], "matches no image"),
     (["missing.png", "--classes", "a"], "not found"),
     (["{img}", "--classes", "a", "--vocab", "ade20k_150"], "not both"),
-    (["{img}", "--vocab", "nope"], "no such packaged vocabulary or file"),
+    (["{img}", "--vocab", "nope"], "no such vocabulary or file"),
     (["{img}", "--classes", "a", "--threshold", "1.5"], "--threshold"),
     (["{img}"], "give the classes to look for"),
     (["{img}", "--classes", " , , "], "holds no class name"),
@@ -154,7 +154,7 @@ def test_preset_switch_never_loses_edits(tmp_path, capsys):
 def tiny_checkpoint(tiny_backbones, tmp_path_factory):
     from pipeline.build.classifier import build_classifier
     from pipeline.checkpoints import save_checkpoint
-    from pipeline.config import load_params
+    from pipeline.params_file import load_params
 
     params = load_params(REPO / "params.yaml")
     model = build_classifier(params.backbones.clip, params.model, tiny_backbones, "cpu").model
@@ -167,10 +167,10 @@ def tiny_checkpoint(tiny_backbones, tmp_path_factory):
 
 def test_attention_writes_original_vs_trained_maps(tiny_backbones, tiny_checkpoint, toy_root, tmp_path,
                                                    monkeypatch):
-    from pipeline.config import load_params
     from pipeline.data.formats import read_image
     from pipeline.eval.attention import attention_figure, load_models
     from pipeline.eval.predict import resolve_vocabulary
+    from pipeline.params_file import load_params
 
     monkeypatch.chdir(tmp_path)
     image = sorted((toy_root / "toy/images/open").glob("*.png"))[0]
@@ -203,9 +203,10 @@ def test_attention_stage_feeds_the_report(tiny_backbones, tiny_checkpoint, toy_r
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["root"] = str(toy_root)
+    params["benchmark"]["attention_images"] = 2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run(attention.main, attention.build_parser(), ["--benchmark", "toy_open", "--backbones", str(tiny_backbones),
-                                                   "--checkpoint", str(tiny_checkpoint), "--out", "att", "--n", "2"])
+                                                   "--checkpoint", str(tiny_checkpoint), "--out", "att"])
     index = json.loads((tmp_path / "att" / "index.json").read_text())
     assert len(index["images"]) == 2 and all(item["classes"] for item in index["images"])
     figs = tmp_path / "figs"
@@ -238,3 +239,81 @@ def test_predict_says_why_an_image_got_no_segment(tiny_backbones, toy_root, tmp_
     assert "1 image(s), 0 segments" in printed
     assert "lower --threshold" in printed and "toy shapes world" in printed
     assert (tmp_path / "out" / f"{image.stem}_semantic.png").is_file()
+
+
+# ----------------------------------------------------------------------------- --out with an earlier run
+def _fake_segmenter(image):
+    """One segment (the top half, class 0) per image: predict_images without a model."""
+    h, w = image.shape[:2]
+    id_map = np.zeros((h, w), np.int32)
+    id_map[: h // 2] = 1
+    return id_map, [{"id": 1, "label": 0, "score": 0.9}], np.where(id_map == 1, 0, -1), 1
+
+
+def _no_model(monkeypatch):
+    from pipeline.eval import predict
+
+    def never(*a, **k):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(predict, "build_segmenter", never)
+
+
+@pytest.mark.parametrize("marker", ["predictions.json", "old_panoptic.png"])
+def test_predict_refuses_an_out_folder_that_holds_predictions(marker, toy_root, tmp_path, monkeypatch, capsys):
+    _no_model(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / marker).write_text("earlier run")
+    img = str(sorted((toy_root / "toy/images/open").glob("*.png"))[0])
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", img, "--classes", "a", "--out", "pred", "--params", str(REPO / "params.yaml")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out pred already holds predictions" in err and marker in err
+    assert "--overwrite" in err and "another --out folder" in err
+    assert (tmp_path / "pred" / marker).read_text() == "earlier run"  # untouched
+
+
+def test_predict_overwrite_refuses_to_delete_its_own_inputs(toy_root, tmp_path, monkeypatch, capsys):
+    _no_model(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pred").mkdir()
+    old = tmp_path / "pred" / "x_overlay.png"
+    Image.new("RGB", (8, 8)).save(old)
+    with pytest.raises(SystemExit):
+        main(["predict", str(old), "--classes", "a", "--out", "pred", "--overwrite", "--params",
+              str(REPO / "params.yaml")])
+    assert "is an earlier prediction in --out pred" in capsys.readouterr().err and old.is_file()
+
+
+def test_predict_images_overwrite_leaves_only_this_runs_files(toy_root, tmp_path):
+    from pipeline.eval.predict import PredictError, predict_images, resolve_vocabulary
+
+    images = sorted((toy_root / "toy/images/open").glob("*.png"))
+    vocab = resolve_vocabulary("red circle", None, None)
+    out = tmp_path / "pred"
+    predict_images(_fake_segmenter, images[:3], vocab, out, progress=False)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(PredictError, match="already holds predictions"):
+        predict_images(_fake_segmenter, images[3:4], vocab, out, progress=False)
+    predict_images(_fake_segmenter, images[3:4], vocab, out, progress=False, overwrite=True)
+    stem = images[3].stem
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["notes.txt", "predictions.json", *(f"{stem}{s}" for s in ("_panoptic.png", "_segments.json",
+                                                                   "_semantic.png", "_overlay.png"))])
+    pred = json.loads((out / "predictions.json").read_text())
+    assert [a["file_name"] for a in pred["annotations"]] == [f"{stem}_panoptic.png"]
+
+
+def test_predict_overwrite_replaces_an_earlier_run(tiny_backbones, toy_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    images = sorted((toy_root / "toy/images/open").glob("*.png"))
+    common = ["--classes", "red circle, sky", "--params", str(REPO / "params.yaml"), "--backbones",
+              str(tiny_backbones), "--zero-shot", "--threshold", "0.0", "--out", "pred", "--quiet"]
+    main(["predict", str(images[0]), str(images[1]), *common])
+    main(["predict", str(images[2]), *common, "--overwrite"])
+    pred = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    listed = {a["file_name"] for a in pred["annotations"]}
+    assert listed == {f"{images[2].stem}_panoptic.png"}
+    assert {p.name for p in (tmp_path / "pred").glob("*_panoptic.png")} == listed  # the json matches the folder

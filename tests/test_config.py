@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ParamsError, load_params, params_from_dict, to_dict
+from pipeline.config import to_dict
+from pipeline.errors import ParamsError
+from pipeline.params_file import load_params, params_from_dict
 from pipeline.presets import preset_params
 
 REPO = Path(__file__).resolve().parents[1]

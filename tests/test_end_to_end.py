@@ -44,5 +44,5 @@ def test_stages_chain_on_a_tiny_toy_world(tmp_path, monkeypatch):
     open_metrics = json.loads((tmp_path / "metrics/eval/toy_open.json").read_text())
     assert {"PQ", "PQ_unseen", "mIoU", "mIoU_unseen", "baseline", "oracle_classifier"} <= set(open_metrics)
     assert (tmp_path / "reports/README.md").is_file()
-    bench = json.loads((tmp_path / "metrics/benchmark.json").read_text())
+    bench = json.loads((tmp_path / "metrics/timings/benchmark.json").read_text())
     assert set(bench["inference"]) == set(params["data"]["eval_benchmarks"]) and bench["large_vs_small_throughput"] > 0

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from models.clip_backbone import build_clip, clip_input_stats
 from models.generators import build_mask2former
+from pipeline.checkpoints import save_weights
 from pipeline.config import Precision
 from pipeline.console import progress
 from pipeline.data.loaders import BenchmarkDataset
@@ -116,7 +117,7 @@ def pretrain_clip(model_name: str, captions_root: Path, steps: int, batch_size: 
         opt.step()
         sched.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     model.output_dict = False
     acc = zero_shot_accuracy(model, tokenizer, size, seed, device)
@@ -183,7 +184,7 @@ def pretrain_mask2former(train: BenchmarkDataset, image_size: int, steps: int, b
         opt.step()
         sched.step()
         losses.append(out.loss.item())
-        bar.set_postfix(loss=f"{out.loss.item():.3f}")
+        bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
     model.eval()
     return model, {"m2f_loss_first": losses[0], "m2f_loss_last": float(np.mean(losses[-10:])),
                    "m2f_pretrain_seconds": time.perf_counter() - t0, "m2f_loss_curve": losses}
@@ -212,7 +213,7 @@ def pretrain_toy_backbones(clip: dict | None, generator: dict | None, out: Path,
         dtype = pretrain_dtype(clip.get("precision", "fp32"), device)
         model, _, m = pretrain_clip(clip["model"], root, clip["steps"], clip["batch_size"], clip["lr"],
                                     clip["weight_decay"], seed, device, dtype=dtype)
-        torch.save(model.state_dict(), out / TOY_CLIP_FILE)
+        save_weights(model.state_dict(), out / TOY_CLIP_FILE)  # atomic; a failed write names the file
         curve.extend(m.pop("clip_loss_curve"))
         metrics.update(m, clip_pretrain_precision="bf16" if dtype == torch.bfloat16 else "fp32")
     if generator:

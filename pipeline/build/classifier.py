@@ -26,7 +26,7 @@ from models.mask_encoder import TevaConfig
 from models.text_cache import TextEmbeddingCache, clip_text_encoder, differentiable_text_embeddings
 from models.trainable import select_trainable
 from pipeline.build.backbones import TOY_CLIP_FILE
-from pipeline.checkpoints import load_checkpoint
+from pipeline.checkpoints import check_file, load_checkpoint, load_errors, load_trainable_state
 from pipeline.config import ClipParams, EvaluateParams, ModelParams
 from pipeline.data.transforms import eval_resize_shape
 from pipeline.data.vocab import Vocabulary
@@ -107,11 +107,30 @@ def load_clip(clip_params: ClipParams, backbones_dir: str | Path, device: torch.
     """The CLIP the classifier starts from: ``pretrained`` (open_clip tag or local file), or the toy CLIP
     the backbones stage pre-trained when ``pretrained`` is empty."""
     if clip_params.pretrained:
-        return build_clip(clip_params.model, clip_params.pretrained, device=device)
+        local = Path(clip_params.pretrained)
+        if not _maybe_file(local):  # an open_clip tag (build_clip explains a missing file)
+            return build_clip(clip_params.model, clip_params.pretrained, device=device)
+        return _load_local_clip(clip_params.model, local, device, f"replace it with the {clip_params.model} weights")
     path = Path(backbones_dir) / TOY_CLIP_FILE
-    if not path.is_file():
+    if not _maybe_file(path):
         raise WeightsUnavailableError(f"pre-trained toy CLIP {path} not found; run `dvc repro backbones` first")
-    return build_clip(clip_params.model, str(path), device=device)
+    return _load_local_clip(clip_params.model, path, device, "delete it and re-run `dvc repro backbones`")
+
+
+def _maybe_file(path: Path) -> bool:
+    """Whether ``path`` is a file, or cannot be looked at for lack of permission (the loader then says so)."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        return True
+
+
+def _load_local_clip(model: str, path: Path, device: torch.device | str, remedy: str):
+    """``build_clip`` from a local weights file; an empty, damaged or unreadable file is one CheckpointError."""
+    check_file(path, remedy)
+    with load_errors(path, remedy, damaged=f"cannot be loaded as {model} weights: truncated, corrupt or another "
+                                          "model's"):
+        return build_clip(model, str(path), device=device)
 
 
 def clip_weights_id(clip_params: ClipParams, backbones_dir: str | Path) -> str:
@@ -139,10 +158,10 @@ def read_checkpoint(path: str | Path) -> dict:
     """A training checkpoint (weights only, digest verified); unreadable, truncated or altered files raise
     :class:`CheckpointError` naming the path and what to do."""
     path = Path(path)
-    if not path.is_file():
+    if not _maybe_file(path) and not path.is_dir():  # a folder or a permission problem: load_checkpoint says so
         raise CheckpointError(f"checkpoint {path} not found: run `dvc repro train` or pass another checkpoint")
     ckpt = load_checkpoint(path)
-    if "model" not in ckpt:
+    if not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"checkpoint {path} holds no 'model' weights; it is not a FOV-Seg checkpoint")
     return ckpt
 
@@ -158,12 +177,11 @@ def build_classifier(clip_params: ClipParams, model_params: ModelParams, backbon
     weights_id = clip_weights_id(clip_params, backbones_dir)
     if checkpoint is not None:
         ckpt = read_checkpoint(checkpoint)
-        try:
-            model.load_state_dict(ckpt["model"], strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint {checkpoint} does not fit the model the params describe "
-                                  f"({str(exc).splitlines()[0]}); retrain or use the params it was trained "
-                                  "with") from None
+        trained_on = (ckpt.get("identity") or {}).get("clip_weights")
+        if trained_on and trained_on != weights_id:  # the frozen part comes from the CLIP weights, not the file
+            raise CheckpointError(f"checkpoint {checkpoint} was trained on CLIP weights {trained_on}, these are "
+                                  f"{weights_id}: evaluate it with the backbones it was trained with, or retrain")
+        load_trainable_state(model, ckpt["model"], checkpoint, exclude=("fiser.",))  # the predictor is dropped
         if model_params.tune_text:  # the text tower changed: embeddings must be recomputed
             weights_id = f"{weights_id}+{file_digest(checkpoint)}"
     return ReadyClassifier(model.to(device), tokenizer, weights_id, clip_params.model, tuple(model_params.templates),

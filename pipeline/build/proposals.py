@@ -1,6 +1,7 @@
 """The frozen generator's proposals for a benchmark split, computed once into a proposal store."""
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,8 @@ from pipeline.data.proposal_store import ProposalWriter
 from pipeline.data.registry import dataset_root, get_benchmark
 from pipeline.errors import DatasetError
 
+log = logging.getLogger(__name__)
+
 STORE_META_KEYS = ("max_proposals", "mask_threshold", "min_area", "short_side", "max_side")
 
 
@@ -28,6 +31,8 @@ def compute_proposals(benchmark: str, *, data_root: str, generator: GeneratorPar
     (the training split). Returns ``images``, ``resumed_images``, ``skipped_images`` and ``seconds``."""
     model = build_generator(generator, proposals, backbones_dir, device, override=generator_dir)
     ds = BenchmarkDataset(get_benchmark(benchmark), dataset_root(data_root or None))
+    log.info("%s: %s, input short side %d, long side <= %d, up to %d proposals, on %s", benchmark, model.describe(),
+             proposals.short_side, proposals.max_side, proposals.max_proposals, device)
     t0 = time.perf_counter()
     counter: Counter = Counter()
     meta = {"generator": generator_dir or generator_name(generator, backbones_dir), "benchmark": benchmark,

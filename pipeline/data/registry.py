@@ -94,6 +94,18 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
 DOWNLOADABLE = ("toy", "coco", "ade20k", "ade20k_full", "pascal_context", "mapillary_vistas", "coco_stuff")
 
 
+def benchmark_files(bench: Benchmark) -> list[str]:
+    """The paths (relative to the dataset root) that :class:`pipeline.data.loaders.BenchmarkDataset` reads for
+    ``bench``: its image folder, the panoptic json and PNG folder of a panoptic benchmark, and the label-map folder
+    where its semantic ground truth comes from label maps (semantic benchmarks, ``semantic_source: labels``)."""
+    paths = [bench.image_dir]
+    if bench.task == "panoptic":
+        paths += [bench.panoptic_json, bench.panoptic_dir]
+    if bench.semantic_dir and (bench.task == "semantic" or bench.semantic_source == "labels"):
+        paths.append(bench.semantic_dir)
+    return [p for p in paths if p]
+
+
 def get_benchmark(name: str) -> Benchmark:
     try:
         return BENCHMARKS[name]

@@ -63,10 +63,14 @@ class Vocabulary:
 
 def vocabulary_from_records(name: str, records: list[dict]) -> Vocabulary:
     """Build from the json records of ``pipeline/data/vocabularies/*.json`` (name, id, isthing, synonyms, color)."""
+    if not isinstance(records, list):
+        raise VocabularyError(f"vocabulary {name!r}: expected a JSON list of class records like "
+                              f"{{\"id\": 0, \"name\": \"wall\"}}, got a {type(records).__name__}")
     classes = []
     for i, r in enumerate(records):
-        if "name" not in r:
-            raise VocabularyError(f"vocabulary {name!r}: record #{i} has no 'name'")
+        if not isinstance(r, dict) or "name" not in r:
+            raise VocabularyError(f"vocabulary {name!r}: record #{i} is not a class record with a 'name' (like "
+                                  f"{{\"id\": 0, \"name\": \"wall\"}}), got {r!r:.60}")
         # semantic-only lists (ADE-847) carry the label-map value as trainId; the others use id
         cid = r["trainId"] if "trainId" in r and "isthing" not in r else r.get("id", i)
         synonyms = tuple(r.get("synonyms") or [r["name"]])
@@ -94,15 +98,26 @@ def packaged_vocabularies() -> list[str]:
     return sorted(p.name[:-5] for p in VOCAB_DIR.iterdir() if p.name.endswith(".json"))
 
 
+def vocabulary_names() -> list[str]:
+    """The vocabularies ``--vocab`` knows by name: the packaged ones and the toy world's."""
+    from pipeline.data.toy import TOY_VOCABULARIES
+
+    return [*packaged_vocabularies(), *TOY_VOCABULARIES]
+
+
 def load_vocabulary(spec: str) -> Vocabulary:
-    """A packaged vocabulary by name, or a vocabulary JSON file by path (``fovseg predict/attention/evaluate
-    --vocab``); anything else is an error listing the packaged names."""
-    if spec.endswith(".json") or Path(spec).is_file():
-        return load_vocabulary_file(spec)
+    """A packaged or toy vocabulary by name, or a vocabulary JSON file by path (``fovseg predict/attention/evaluate
+    --vocab``); anything else is an error listing the names."""
+    from pipeline.data.toy import TOY_VOCABULARIES, toy_vocabulary
+
+    if spec in TOY_VOCABULARIES:
+        return toy_vocabulary(spec)
     if spec in packaged_vocabularies():
         return load_packaged_vocabulary(spec)
-    raise VocabularyError(f"--vocab {spec}: no such packaged vocabulary or file; choose from "
-                          f"{', '.join(packaged_vocabularies())}, or give a vocabulary JSON file")
+    if spec.endswith(".json") or Path(spec).is_file():
+        return load_vocabulary_file(spec)
+    raise VocabularyError(f"--vocab {spec}: no such vocabulary or file; valid names: {', '.join(vocabulary_names())}"
+                          ", or give a vocabulary JSON file (a list of {\"id\", \"name\", \"isthing\"} records)")
 
 
 def load_vocabulary_file(path: str | Path) -> Vocabulary:

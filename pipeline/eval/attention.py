@@ -84,11 +84,11 @@ def attention_figure(models: dict, image: np.ndarray, names: list[str], params, 
 
 def run_attention(args) -> list[Path]:
     """``fovseg attention IMAGE... --classes "a, b" --out DIR``: one PNG per image."""
-    from pipeline.config import load_params
     from pipeline.data.formats import read_image
     from pipeline.device import pick_device
     from pipeline.eval.predict import PredictError, expand_inputs, resolve_vocabulary
     from pipeline.outputs import model_paths
+    from pipeline.params_file import load_params
 
     images = expand_inputs(args.inputs)
     vocab = resolve_vocabulary(args.classes, None, args.vocab)

@@ -19,12 +19,12 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from models.generators import oracle_proposals
 from models.inference import merge_proposals, oracle_class_probs
 from pipeline.build.classifier import ReadyClassifier, build_classifier, classify_image
 from pipeline.config import ClipParams, DataParams, EvaluateParams, ModelParams, override
+from pipeline.console import progress as console_progress
 from pipeline.data.formats import bbox_of, write_json, write_label_map, write_panoptic_png
 from pipeline.data.loaders import BenchmarkDataset, Sample, check_images_evaluated, iter_samples
 from pipeline.data.proposal_store import ProposalStore
@@ -88,9 +88,10 @@ class ClassifierSource(Protocol):
 class ModelClassifier:
     """The FOV-Seg classifier against the text embeddings of the benchmark's vocabulary."""
 
-    def __init__(self, ready: ReadyClassifier, vocab: Vocabulary, evaluate: EvaluateParams):
+    def __init__(self, ready: ReadyClassifier, vocab: Vocabulary, evaluate: EvaluateParams,
+                 text: torch.Tensor | None = None):
         self.ready, self.evaluate = ready, evaluate
-        self.text = ready.text_embeddings(vocab)
+        self.text = text if text is not None else ready.text_embeddings(vocab)
         self.device = ready.device
 
     def __call__(self, sample: Sample, masks: np.ndarray) -> torch.Tensor:
@@ -233,7 +234,7 @@ def default_evaluators(ds: BenchmarkDataset, groups: dict[str, list[int]] | None
 @torch.inference_mode()
 def inference_on_dataset(ds: BenchmarkDataset, proposals: ProposalSource, classify: ClassifierSource,
                          evaluators: list[DatasetEvaluator], *, object_threshold: float, overlap_threshold: float,
-                         max_images: int = 0, score: str = "class") -> dict:
+                         max_images: int = 0, score: str = "class", progress: bool = True) -> dict:
     """Run the proposal and classifier sources over ``ds`` and feed every evaluator; returns their merged
     metrics plus ``images``, ``skipped_images``, ``empty_images`` and ``classes``.
 
@@ -249,8 +250,8 @@ def inference_on_dataset(ds: BenchmarkDataset, proposals: ProposalSource, classi
     stats: Counter = Counter()
     for ev in evaluators:
         ev.reset()
-    for s in tqdm(iter_samples(ds, limit=max_images, stats=stats), total=max_images or len(ds),
-                  desc=f"eval {ds.bench.name}"):
+    for s in console_progress(iter_samples(ds, limit=max_images, stats=stats), total=max_images or len(ds),
+                              desc=f"eval {ds.bench.name}", disable=not progress):
         masks, scores = proposals(s)
         if score == "class":
             scores = np.ones_like(scores)
@@ -303,7 +304,9 @@ def evaluate_benchmark(benchmark: str, *, data: DataParams, clip: ClipParams, mo
     ground-truth masks).
 
     The first variant gives the headline metrics (and the predictions written to ``predictions_dir``); the others
-    are sub-dicts under their names. With ``trained`` and ``baseline`` both run, ``per_class`` compares them."""
+    are sub-dicts under their names. With ``trained`` and ``baseline`` both run, ``per_class`` compares them.
+    A value that does not exist is absent, never 0.0: no ``PQ*`` on a semantic-only benchmark, no ``*_unseen``
+    on a benchmark without unseen classes (toy_val), no ``*_seen`` on one without seen classes."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"unknown evaluation variant(s) {unknown}; valid: {list(VARIANTS)}")

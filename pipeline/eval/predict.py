@@ -4,8 +4,10 @@ Per image ``<stem>``: ``<stem>_panoptic.png`` (COCO panoptic RGB ids, id = R + 2
 ``<stem>_segments.json`` (COCO ``segments_info`` with each mask as compressed RLE, plus label name and score),
 ``<stem>_semantic.png`` (class index per pixel, 255 = no class; 16-bit PNG with 65535 for vocabularies of more
 than 255 classes) and ``<stem>_overlay.png`` (colours, contours, a legend). ``predictions.json`` holds the
-COCO-panoptic ``annotations`` + ``categories`` of the whole run (what ``fovseg evaluate --pred_json_file``
-reads).
+COCO-panoptic ``annotations`` + ``categories`` of the whole run (what ``fovseg evaluate --pred-json-file``
+reads). An ``--out`` folder that already holds predictions (predictions.json or ``*_panoptic.png``) is refused before
+the model is built; ``--overwrite`` removes its earlier prediction files first, so predictions.json always
+describes the folder.
 
 The model is built once (generator + classifier) and applied to every image.
 """
@@ -16,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -25,11 +27,13 @@ from PIL import Image, ImageDraw
 from pipeline.build.classifier import ReadyClassifier, build_classifier, classify_image
 from pipeline.build.generator import build_generator
 from pipeline.config import EvaluateParams
-from pipeline.data.formats import atomic_path, bbox_of, read_image, write_json, write_panoptic_png
+from pipeline.data.formats import atomic_path, bbox_of, pixel_limit_guard, read_image, write_json, write_panoptic_png
 from pipeline.data.vocab import Vocabulary, load_vocabulary, packaged_vocabularies, vocabulary_from_names
 from pipeline.errors import CheckpointError, FovsegError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+OUTPUT_SUFFIXES = ("_panoptic.png", "_segments.json", "_semantic.png", "_overlay.png")  # per image <stem><suffix>
+RUN_FILE = "predictions.json"
 
 
 class PredictError(FovsegError, ValueError):
@@ -109,14 +113,49 @@ def resolve_vocabulary(classes: str | None, stuff: str | None, vocab: str | None
 
 
 def check_images_readable(images: list[Path]) -> None:
-    """Open each file's header (cheap) so that a non-image fails before the model is built."""
+    """Open each file's header (cheap) so that a non-image or a decompression bomb (a header claiming more pixels
+    than the limit, see :func:`pipeline.data.formats.pixel_limit_guard`) fails before the model is built."""
     for path in images:
-        try:
-            with Image.open(path):
-                pass
-        except (OSError, ValueError) as exc:
-            raise PredictError(f"{path} is not an image Pillow can read ({exc}); give image files "
-                               f"({', '.join(IMAGE_EXTS)})") from None
+        with pixel_limit_guard(path):
+            try:
+                with Image.open(path):
+                    pass
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise PredictError(f"{path} is not an image Pillow can read ({exc}); give image files "
+                                   f"({', '.join(IMAGE_EXTS)})") from None
+
+
+def earlier_predictions(out: Path) -> list[Path]:
+    """Files of an earlier run in ``out``: predictions.json and every ``<stem>_panoptic.png`` / ``_segments.json``
+    / ``_semantic.png`` / ``_overlay.png``."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir()
+                  if p.is_file() and (p.name == RUN_FILE or p.name.endswith(OUTPUT_SUFFIXES)))
+
+
+def check_out_folder(out: Path, overwrite: bool, images: Iterable[Path] = ()) -> list[Path]:
+    """Refuse an ``--out`` that holds an earlier run's predictions unless ``overwrite``; never one whose earlier
+    prediction files are among the input images. Returns the files ``overwrite`` will remove."""
+    old = earlier_predictions(out)
+    marks = [p for p in old if p.name == RUN_FILE or p.name.endswith("_panoptic.png")]
+    if marks and not overwrite:
+        raise PredictError(f"--out {out} already holds predictions ({len(marks)} file(s) such as {marks[0].name}); "
+                           "pass --overwrite to replace them (the folder's earlier prediction files are removed "
+                           "first) or choose another --out folder")
+    inputs = {p.resolve() for p in images}
+    clash = next((p for p in old if p.resolve() in inputs), None)
+    if clash is not None:
+        raise PredictError(f"input {clash} is an earlier prediction in --out {out}; --overwrite would delete it. "
+                           "Choose another --out folder or move the input images")
+    return old
+
+
+def clear_earlier_predictions(out: Path, overwrite: bool) -> None:
+    """With ``overwrite``, remove an earlier run's files from ``out`` (so that predictions.json matches the
+    folder); otherwise refuse a folder that holds predictions."""
+    for path in check_out_folder(out, overwrite):
+        path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -244,11 +283,14 @@ def build_segmenter(params, vocab: Vocabulary, backbones: str, checkpoint: str |
 
 
 # ----------------------------------------------------------------------------- driver
-def predict_images(segmenter, images: list[Path], vocab: Vocabulary, out: Path, progress: bool = True) -> dict:
-    """Run ``segmenter`` on every image and write its four outputs; returns the run summary."""
+def predict_images(segmenter, images: list[Path], vocab: Vocabulary, out: Path, progress: bool = True,
+                   overwrite: bool = False) -> dict:
+    """Run ``segmenter`` on every image and write its four outputs; returns the run summary. An ``out`` holding
+    an earlier run's predictions is refused, or with ``overwrite`` cleared of them first."""
     from tqdm import tqdm
 
     annotations, stems, summary = [], set(), []
+    clear_earlier_predictions(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     for path in tqdm(images, desc="fovseg predict", unit="image", disable=not progress):
         stem = path.stem
@@ -281,20 +323,22 @@ def predict_images(segmenter, images: list[Path], vocab: Vocabulary, out: Path, 
 
 def run_predict(args) -> dict:
     """The ``fovseg predict`` command (validated arguments -> outputs)."""
-    from pipeline.config import load_params
     from pipeline.device import pick_device
     from pipeline.outputs import model_paths
+    from pipeline.params_file import load_params
 
     images = expand_inputs(args.inputs)
     vocab = resolve_vocabulary(args.classes, args.stuff, args.vocab)
     check_images_readable(images)
     out = Path(args.out)
+    overwrite = bool(getattr(args, "overwrite", False))
+    check_out_folder(out, overwrite, images)  # before the model is built
     params = load_params(args.params)
     model_paths(args)
     device = pick_device(args.device or params.device)
     segmenter = build_segmenter(params, vocab, args.backbones, None if args.zero_shot else args.checkpoint,
                                 args.threshold, device)
-    result = predict_images(segmenter, images, vocab, out, progress=not args.quiet)
+    result = predict_images(segmenter, images, vocab, out, progress=not args.quiet, overwrite=overwrite)
     n = sum(i["segments"] for i in result["images"])
     print(f"{len(images)} image(s), {n} segments -> {out}/ (<stem>_panoptic.png, _segments.json, _semantic.png, "
           "_overlay.png; predictions.json)")

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params, Section, params_from_dict, to_dict
+from pipeline.config import Params, Section, to_dict
 from pipeline.errors import ParamsError
-from pipeline.params_file import read_params_yaml
+from pipeline.params_file import params_from_dict, read_params_yaml
 
 PRESET_DIR = Path(__file__).parent
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from models.classifier import FOVSeg
 from models.clip_backbone import build_clip
-from models.generators import IMAGENET_MEAN, IMAGENET_STD, build_mask2former
+from models.generators import IMAGENET_MEAN, IMAGENET_STD, build_mask2former, swin_b_mask2former_config
 from models.inference import merge_proposals
 from models.mask_encoder import TevaConfig
 
@@ -54,16 +54,6 @@ class Scale:
 
 PAPER = Scale("ViT-L-14-336-quickgelu", 896, "swin-b", 1024, 640, 100, (150, 847), 16, 2)
 TINY = Scale("fovseg-tiny", 64, "tiny", 64, 80, 8, (10, 30), 2, 1)
-
-
-def swin_b_mask2former_config(num_queries: int = 100, image_size: int = 384):
-    """Mask2Former Swin-B (COCO panoptic architecture) as a transformers config; weights stay random."""
-    from transformers import Mask2FormerConfig, SwinConfig
-
-    backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=128, depths=[2, 2, 18, 2],
-                          num_heads=[4, 8, 16, 32], window_size=12, drop_path_rate=0.0,
-                          out_features=["stage1", "stage2", "stage3", "stage4"])
-    return Mask2FormerConfig(backbone_config=backbone, num_queries=num_queries)
 
 
 def build_generator(kind: str, proposals: int, device: torch.device, image_size: int = 64) -> nn.Module:

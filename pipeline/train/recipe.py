@@ -39,10 +39,11 @@ from models.classifier import FOVSeg
 from models.matching import IGNORE, classification_loss, hungarian_targets, iou_targets, matched_counts
 from models.trainable import count_parameters, is_backbone_parameter
 from pipeline.build.classifier import build_classifier, file_digest
-from pipeline.checkpoints import load_or_set_aside, save_checkpoint, set_aside
+from pipeline.checkpoints import load_or_set_aside, load_trainable_state, save_checkpoint, set_aside, trainable_state
 from pipeline.config import (
     ClipParams,
     DataParams,
+    EvaluateParams,
     GeneratorParams,
     ModelParams,
     ProposalsParams,
@@ -166,7 +167,8 @@ class TrainingRecipe:
     def __init__(self, model: FOVSeg, train_set: TrainSet, text_source: Callable[[], torch.Tensor],
                  cfg: TrainParams, *, seed: int, device: torch.device, checkpoint_dir: str | Path,
                  identity: dict | None = None, generator_tuner=None,
-                 no_object_source: Callable[[], torch.Tensor] | None = None):
+                 no_object_source: Callable[[], torch.Tensor] | None = None,
+                 evaluator: Callable[[FOVSeg], dict] | None = None, best_path: str | Path | None = None):
         self.model, self.train_set, self.text_source, self.cfg = model, train_set, text_source, cfg
         if cfg.assignment == "hungarian" and no_object_source is None:
             raise ValueError("train.assignment: hungarian needs the no-object class's text embedding")
@@ -181,6 +183,9 @@ class TrainingRecipe:
         self.rank, self.world = world()
         self.start, self.history, self.train_seconds = 0, [], 0.0
         self.schedule_changed_at: int | None = None
+        # periodic evaluation (train.eval_every): the scores so far and the best one, saved as best_path
+        self.evaluator, self.best_path = evaluator, Path(best_path) if best_path else None
+        self.evals: list[dict] = []
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -250,8 +255,9 @@ class TrainingRecipe:
             raise CheckpointError(f"{self.ckpt_path} is at iteration {step}, past train.iterations = "
                                   f"{self.cfg.iterations}; raise train.iterations, or move/delete the checkpoint "
                                   "to train a shorter run from scratch")
-        self.model.load_state_dict(ckpt["model"])
+        load_trainable_state(self.model, ckpt["model"], self.ckpt_path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.evals = list(ckpt.get("evals", []))
         self.scheduler.load_state_dict(ckpt["scheduler"])  # lr_lambdas are not in the state: the new total holds
         if ckpt.get("scaler"):  # empty when written without fp16 loss scaling (CPU, bf16)
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -340,16 +346,31 @@ class TrainingRecipe:
     # ------------------------------------------------------------------ save
     def save_checkpoint(self, step: int) -> None:
         if self.rank == 0:
-            _atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            _atomic_save({"model": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
                           "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                           "step": step, "iterations": self.cfg.iterations, "history": self.history,
                           "identity": self.identity, "code": self.code, "train_seconds": self.train_seconds,
-                          "schedule_changed_at": self.schedule_changed_at}, self.ckpt_path)
+                          "schedule_changed_at": self.schedule_changed_at, "evals": self.evals}, self.ckpt_path)
 
     def save_model(self, path: str | Path, extra: dict | None = None) -> None:
-        """The trained weights (what evaluate/benchmark/predict load) with ``extra`` metadata."""
+        """The trained weights (what evaluate/benchmark/predict load: the trainable parameters, the FiSeR
+        predictor dropped) with ``extra`` metadata."""
         if self.rank == 0:
-            _atomic_save({"model": self.model.state_dict(), "identity": self.identity, **(extra or {})}, Path(path))
+            _atomic_save({"model": trainable_state(self.model, exclude=("fiser.",)), "identity": self.identity,
+                          **(extra or {})}, Path(path))
+
+    def evaluate(self, step: int, on_metrics: Callable[[dict, int], None] | None = None) -> None:
+        """Score the current weights (``evaluator``); the best score so far saves them as ``best_path``."""
+        row = {"step": step, **self.evaluator(self.model)}
+        self.model.train()
+        best = max((e["score"] for e in self.evals), default=float("-inf"))
+        self.evals.append(row)
+        if on_metrics:
+            on_metrics({k: v for k, v in row.items() if k != "step"}, step)
+        if row["score"] > best and self.best_path is not None:
+            self.save_model(self.best_path, {"step": step, "score": row["score"]})
+            log.info("iteration %d: %s %.2f, the best so far -> %s", step, row["metric"], row["score"],
+                     self.best_path)
 
     # ------------------------------------------------------------------ loop
     def train(self, on_metrics: Callable[[dict, int], None] | None = None,
@@ -383,6 +404,9 @@ class TrainingRecipe:
                         on_metrics(row, step + 1)
                 if on_step:
                     on_step(step + 1)
+                if self.evaluator is not None and self.rank == 0 and cfg.eval_every and \
+                        ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.iterations):
+                    self.evaluate(step + 1, on_metrics)
                 if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.iterations:
                     self.save_checkpoint(step + 1)
                 if stop["signal"] is not None:
@@ -394,19 +418,22 @@ class TrainingRecipe:
             bar.close()
             for s, h in old.items():
                 signal.signal(s, h)
-            if self.generator_tuner is not None:  # [tune-generator hook 4/4] model.pt holds the classifier alone
+            if self.generator_tuner is not None:  # [tune-generator hook 4/4] last.pt holds the classifier alone
                 self.generator_tuner.detach_from(self.model)
         its = cfg.iterations / self.train_seconds if self.train_seconds > 0 else 0.0
         return {"iterations": cfg.iterations, "resumed_from": self.start, "history": self.history,
                 "train_seconds": self.train_seconds, "it_per_s": its,
-                "schedule_changed_at": self.schedule_changed_at}
+                "schedule_changed_at": self.schedule_changed_at, "evals": self.evals}
 
 
 def summary_metrics(result: dict, counts: dict, device: torch.device) -> dict:
     """metrics/train.json: parameter counts, time, speed and the mean of the last 10 logged loss terms."""
     history = result["history"]
     last = history[-10:]
+    evals = result.get("evals") or []
+    best = max(evals, key=lambda e: e["score"]) if evals else None
     return {**counts, "train_seconds": result["train_seconds"], "it_per_s": result["it_per_s"],
+            **({"best_step": best["step"], "best_score": best["score"], "best_metric": best["metric"]} if best else {}),
             "iterations": result["iterations"], "resumed_from": result["resumed_from"],
             **({"schedule_changed_at": result["schedule_changed_at"]}
                if result.get("schedule_changed_at") is not None else {}),
@@ -417,12 +444,14 @@ def summary_metrics(result: dict, counts: dict, device: torch.device) -> dict:
 
 
 def run_training(*, data: DataParams, clip: ClipParams, model: ModelParams, train: TrainParams,
-                 generator: GeneratorParams, proposals: ProposalsParams, seed: int,
+                 generator: GeneratorParams, proposals: ProposalsParams, evaluate: EvaluateParams, seed: int,
                  device: torch.device, backbones_dir: str | Path, proposals_dir: str | Path | None,
                  checkpoints_dir: str | Path, out_dir: str | Path, curve_path: str | Path,
+                 eval_proposals_dir: str | Path | None = None, eval_curve_path: str | Path | None = None,
                  on_metrics: Callable[[dict, int], None] | None = None) -> dict:
-    """Build the classifier, train (or resume) it, write ``<out_dir>/model.pt`` and the curve CSV;
-    returns the metrics of ``metrics/train.json``."""
+    """Build the classifier, train (or resume) it, write ``<out_dir>/last.pt`` (and ``best.pt`` with
+    ``train.eval_every``: the best periodic score on ``train.eval_benchmark``), the loss curve CSV and the
+    evaluation curve CSV; returns the metrics of ``metrics/train.json``."""
     ready = build_classifier(clip, model, backbones_dir, device)
     ds = BenchmarkDataset(get_benchmark(data.train_benchmark), dataset_root(data.root or None))
     # tune-generator: live proposals from the generator replace the store; the set yields gt segments only
@@ -439,18 +468,52 @@ def run_training(*, data: DataParams, clip: ClipParams, model: ModelParams, trai
                 "benchmark": data.train_benchmark,
                 "proposals": file_digest(Path(proposals_dir) / "meta.json") if store is not None else None}
     no_object = vocabulary_from_names([train.no_object_text], "no_object")
+    evaluator = None
+    if train.eval_every and eval_proposals_dir is not None:
+        evaluator = periodic_evaluator(ready, data, train, evaluate, eval_proposals_dir, model.tune_text)
     recipe = TrainingRecipe(ready.model, train_set, ready.text_source(ds.vocab, differentiable=model.tune_text),
                             train, seed=seed, device=device, checkpoint_dir=checkpoints_dir, identity=identity,
                             generator_tuner=tuner,
-                            no_object_source=ready.text_source(no_object, differentiable=model.tune_text))
+                            no_object_source=ready.text_source(no_object, differentiable=model.tune_text),
+                            evaluator=evaluator, best_path=Path(out_dir) / "best.pt")
+    log.info("training FOV-Seg on %s at %d x %d (mask grid %d x %d), LSJ crop %d, batch %d, up to %d proposals per "
+             "image, %d iterations, on %s", clip.model, ready.model.image_size, ready.model.image_size,
+             train_set.grid, train_set.grid, train.crop_size, train.batch_size, train.max_masks, train.iterations,
+             device)
     recipe.setup()
     result = recipe.train(on_metrics=on_metrics)
-    recipe.save_model(Path(out_dir) / "model.pt", {"params": counts})
+    recipe.save_model(Path(out_dir) / "last.pt", {"params": counts})
     if tuner is not None and recipe.rank == 0:  # evaluate with: proposals stage --generator <out_dir>/mask2former
         tuner.save(Path(out_dir) / "mask2former")
     if recipe.rank == 0:
         write_curve(result["history"], Path(curve_path))
+        if eval_curve_path is not None:
+            write_curve(result["evals"], Path(eval_curve_path))
     return summary_metrics(result, counts, device)
+
+
+def periodic_evaluator(ready, data: DataParams, train: TrainParams, evaluate: EvaluateParams,
+                       proposals_dir: str | Path, fresh_text: bool) -> Callable[[FOVSeg], dict]:
+    """``train.eval_every``'s scoring: the evaluate stage's loop on the first ``train.eval_images`` images of
+    ``train.eval_benchmark`` with its stored proposals; the score is PQ (panoptic benchmarks) or mIoU."""
+    from pipeline.eval.loop import ModelClassifier, StoredProposals, default_evaluators, groups_of, inference_on_dataset
+
+    bench = train.eval_benchmark
+    ds = BenchmarkDataset(get_benchmark(bench), dataset_root(data.root or None))
+    proposals = StoredProposals(ProposalStore(proposals_dir))
+    groups = groups_of(bench, data.train_benchmark)
+    metric = "PQ" if ds.bench.task == "panoptic" else "mIoU"
+
+    def run(model: FOVSeg) -> dict:
+        with torch.no_grad():  # a text tower that trains gives new embeddings: no cache then
+            text = ready.text_source(ds.vocab, differentiable=True)() if fresh_text else None
+        out = inference_on_dataset(ds, proposals, ModelClassifier(ready, ds.vocab, evaluate, text=text),
+                                   default_evaluators(ds, groups), object_threshold=evaluate.object_threshold,
+                                   overlap_threshold=evaluate.overlap_threshold, max_images=train.eval_images,
+                                   score=evaluate.score, progress=False)
+        scores = {f"{bench}/{k}": out[k] for k in ("PQ", "mIoU", "PQ_unseen", "mIoU_unseen") if k in out}
+        return {**scores, "metric": f"{bench}/{metric}", "score": out[metric]}
+    return run
 
 
 def write_curve(history: list[dict], path: Path) -> None:

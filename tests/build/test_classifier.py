@@ -44,7 +44,7 @@ def test_checkpoint_round_trip_and_text_cache(backbones, tmp_path, monkeypatch):
     image = np.zeros((40, 56, 3), np.uint8)
     masks = np.zeros((3, 40, 56), bool)
     masks[:, :20] = True
-    probs = classify_image(loaded, image, masks, text, (p.evaluate.test_short_side, p.evaluate.test_max_side))
+    probs = classify_image(loaded, image, masks, text, p.evaluate)
     assert probs.shape == (3, 2) and torch.allclose(probs.sum(-1), torch.ones(3))
 
 

@@ -12,7 +12,7 @@ def test_download_check_lists_present_missing_and_sizes_without_downloading(tmp_
         "--root", str(tmp_path),
         "--datasets", "coco", "ade20k", "mapillary_vistas"])
     rows = {r["dataset"]: r for r in result["check"]}
-    assert rows["ade20k"]["status"] == "present" and rows["coco"]["status"] == "missing"
+    assert rows["ade20k"]["status"] == "partial" and rows["coco"]["status"] == "missing"
     assert rows["mapillary_vistas"]["licence_gated"] and rows["mapillary_vistas"]["action"]
     assert result["check"][0]["dataset"] == "mapillary_vistas"  # licence-gated first
     assert rows["coco"]["download_GB"] > 10

@@ -2,6 +2,7 @@
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,15 @@ def test_auto_warns_when_falling_back_to_cpu(monkeypatch, caplog):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(device, "_warned_cpu_fallback", False)
+    monkeypatch.setenv("FOVSEG_RUN_GROUP", f"test-{time.time_ns()}")  # a new pipeline run: its first notice
     with caplog.at_level(logging.WARNING):
         assert pick_device("auto").type == "cpu"
     assert "no CUDA device" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(device, "_warned_cpu_fallback", False)  # another stage process of the same run: quiet
+    with caplog.at_level(logging.WARNING):
+        assert pick_device("auto").type == "cpu"
+    assert "no CUDA device" not in caplog.text
 
 
 def test_train_gpus_relaunches_under_torchrun(monkeypatch):

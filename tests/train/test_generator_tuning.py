@@ -196,7 +196,7 @@ def test_train_stage_with_tune_generator_then_proposals_from_the_tuned_generator
     params["data"]["root"] = str(toy_root)
     params["model"]["tune_generator"] = True
     params["train"].update(iterations=2, warmup_iters=0, batch_size=2, crop_size=64, checkpoint_every=2,
-                           mask_source="proposals")
+                           mask_source="proposals", eval_every=0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # unreachable: tracking off, fast
@@ -204,14 +204,15 @@ def test_train_stage_with_tune_generator_then_proposals_from_the_tuned_generator
     metrics = run(train_stage.main, train_stage.build_parser(),
                   ["--backbones", str(bb), "--proposals", "outputs/proposals/none", "--checkpoints",
                    "outputs/checkpoints", "--out", "outputs/train", "--metrics", "metrics/train.json",
-                   "--curve", "metrics/train_curve.csv"])
+                   "--curve", "metrics/train_curve.csv", "--eval-proposals", "outputs/proposals/none",
+                   "--eval-curve", "metrics/train_eval.csv", "--timings", "metrics/timings/train.json"])
     assert metrics["loss_generator"] > 0
-    saved = torch.load(tmp_path / "outputs/train/model.pt", weights_only=True)["model"]
+    saved = torch.load(tmp_path / "outputs/train/last.pt", weights_only=True)["model"]
     assert not any(k.startswith(TUNER_NAME) for k in saved)
     tuned = tmp_path / "outputs/train/mask2former"
     assert (tuned / "config.json").is_file()
     stats = run(proposals_stage.main, proposals_stage.build_parser(),
                 ["--benchmark", "toy_val", "--backbones", str(bb), "--generator", str(tuned), "--out", "props",
-                 "--metrics", "props.json"])
+                 "--metrics", "props.json", "--timings", "props_timings.json"])
     assert stats["images"] == 6
     assert json.loads((tmp_path / "props/meta.json").read_text())["generator"] == str(tuned)

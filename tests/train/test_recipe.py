@@ -300,3 +300,43 @@ def test_training_step_matches_proposals_and_learns_no_object(base_model, toy_ro
             assert (targets == n).sum() == labelled and out["history"][0]["matched"] == labelled > 0
         else:
             assert width == n and weight is None and not (targets == n).any() and labelled % 2 == 0
+
+
+def test_periodic_evaluation_keeps_the_best_weights_and_a_curve(base_model, toy_root, tmp_path):
+    """train.eval_every: the evaluator runs every N iterations (and at the end); the best score's weights are
+    best.pt; the scores survive a resume."""
+    scores = iter([1.0, 3.0, 2.0])
+    calls = []
+
+    def evaluator(model):
+        calls.append(model.training)
+        s = next(scores)
+        return {"toy_open/PQ": s, "metric": "toy_open/PQ", "score": s}
+
+    cfg = CFG.model_copy(update={"iterations": 6, "eval_every": 2, "checkpoint_every": 2})
+    ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
+    ts = TrainSet(ds, None, 64, 0.5, 1.5, "gt", 12, image_size=64, grid=32)
+    emb = F.normalize(torch.randn(len(ds.vocab), base_model.embed_dim, generator=torch.Generator().manual_seed(1)),
+                      dim=-1)
+    recipe = TrainingRecipe(copy.deepcopy(base_model), ts, lambda: emb, cfg, seed=0, device=torch.device("cpu"),
+                            checkpoint_dir=tmp_path, identity={}, evaluator=evaluator, best_path=tmp_path / "best.pt",
+                            no_object_source=lambda: no_object_embedding(base_model.embed_dim))
+    recipe.setup()
+    logged = []
+    out = recipe.train(on_metrics=lambda row, step: logged.append((step, row)))
+    assert [e["step"] for e in out["evals"]] == [2, 4, 6] and [e["score"] for e in out["evals"]] == [1.0, 3.0, 2.0]
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["step"] == 4 and best["score"] == 3.0 and not any(k.startswith("fiser.") for k in best["model"])
+    assert (4, {"toy_open/PQ": 3.0, "metric": "toy_open/PQ", "score": 3.0}) in logged
+    assert recipe.model.training  # back in training mode after each evaluation
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert [e["score"] for e in ckpt["evals"]] == [1.0, 3.0, 2.0]
+
+
+def test_checkpoints_hold_the_trainable_state_not_the_frozen_backbone(base_model, toy_root, tmp_path):
+    model = copy.deepcopy(base_model)
+    _run(model, toy_root, tmp_path, iterations=2)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(ckpt["model"]) == trainable and len(trainable) < len(model.state_dict()) / 2
+    assert any(k.startswith("fiser.") for k in ckpt["model"])  # the resume checkpoint keeps the predictor
