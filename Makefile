@@ -48,7 +48,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -m ""
 
 # the paper path at the paper's shapes (ViT-L at 896, Swin-B, 100 proposals, random weights), every stage
-# through dvc repro on tiny data: about 20-30 minutes on 2 CPU cores (tests/test_paper_smoke.py)
+# through dvc repro on tiny data: about 12-15 minutes on 2 CPU cores (tests/test_paper_smoke.py)
 smoke: install
 	$(BIN)/python -m pytest -q -s -m paper_smoke
 

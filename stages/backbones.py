@@ -1,6 +1,7 @@
 """Stage `backbones`: toy preset - pre-train the tiny CLIP and tiny Mask2Former; paper preset - locate
-the pretrained weights (open_clip tag / hub id) and record them. Timings (pre-training seconds) go to
-``--timings`` with a ``produced`` block (UTC time, git commit, preset), not to the DVC metrics file."""
+the pretrained weights (open_clip tag / hub id) and record them (``<out>/weights.json``, both presets).
+Timings (pre-training seconds) go to ``--timings`` with a ``produced`` block (UTC time, git commit, preset),
+not to the DVC metrics file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,7 @@ from models.clip_backbone import build_clip
 from models.generators import build_mask2former
 from pipeline.build.backbones import pretrain_toy_backbones
 from pipeline.config import Params, to_dict
-from pipeline.data.formats import write_metrics
+from pipeline.data.formats import write_json, write_metrics
 from pipeline.data.registry import dataset_root
 from pipeline.device import pick_device
 from stages.common import log, parser, run, tracker, write_timings
@@ -35,6 +36,8 @@ def main(args, params: Params) -> dict:
         gen_job = None if gen_p.source == "hub" else dict(benchmark=params.data.train_benchmark,
                                                           image_size=gen_p.image_size, **to_dict(gen_p.pretrain))
         m, curve = pretrain_toy_backbones(clip_job, gen_job, out, root, params.seed, device)
+        write_json(out / "weights.json", {"clip": metrics.get("clip", f"{clip_p.model}/pre-trained here"),
+                                          "generator": metrics.get("generator", "pre-trained here")})
         for i, v in enumerate(curve[:: max(1, len(curve) // 100)]):
             t.log_metrics({"clip_loss": v}, step=i)
         metrics.update(m)

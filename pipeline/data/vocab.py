@@ -1,6 +1,7 @@
 """Vocabularies: ordered class lists with thing/stuff flags and prompt synonyms."""
 from __future__ import annotations
 
+import colorsys
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,9 +81,16 @@ def vocabulary_from_records(name: str, records: list[dict]) -> Vocabulary:
 
 
 def vocabulary_from_names(names: list[str], name: str = "custom") -> Vocabulary:
-    """A vocabulary from free text names (``fovseg predict --classes``); all treated as things."""
+    """A vocabulary from free text names (``fovseg predict --classes``); all treated as things. Category ids
+    start at 1 as in COCO panoptic (0 is unlabeled there), each class with its own colour."""
     cleaned = [n.strip() for n in names if n.strip()]
-    return Vocabulary(name, tuple(ClassInfo(i, n, True, (n,)) for i, n in enumerate(cleaned)))
+    return Vocabulary(name, tuple(ClassInfo(i + 1, n, True, (n,), distinct_colour(i)) for i, n in enumerate(cleaned)))
+
+
+def distinct_colour(i: int) -> tuple[int, int, int]:
+    """The ``i``-th of a sequence of well-separated colours (golden-ratio hue steps, two brightness levels)."""
+    r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.95 if i % 2 == 0 else 0.7)
+    return int(255 * r), int(255 * g), int(255 * b)
 
 
 def load_packaged_vocabulary(file_stem: str) -> Vocabulary:

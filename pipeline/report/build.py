@@ -98,7 +98,8 @@ def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str, expe
                  run_started: float | None = None) -> dict:
     """Write the whole report into ``out_dir`` atomically (built beside it, then swapped in).
 
-    ``expected``: the benchmarks the run should have evaluated (missing ones are listed as missing);
+    ``expected``: the benchmarks the run should have evaluated (missing ones are listed as missing, other
+    benchmarks' files are left out);
     ``train_benchmark`` decides whether this run's row belongs to Table I (COCO-Panoptic or the toy world) or III
     (COCO-Stuff); ``run_started``: when the ``dvc repro`` running the report started (epoch seconds,
     :func:`pipeline.report.provenance.dvc_run_started`): tables whose files were produced since then say
@@ -109,6 +110,8 @@ def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str, expe
     tmp.mkdir(parents=True)
     prov = Provenance(run_started, preset)
     evals, all_sweeps = load_eval(metrics_dir), load_sweeps(metrics_dir)
+    if expected:  # files of other benchmarks (e.g. the toy's, committed, after a switch to the paper preset)
+        evals = {n: m for n, m in evals.items() if n in expected}
     bench = load_benchmark(metrics_dir)
     # a sweep of another preset is not this run's ablation
     sweeps = {g: s for g, s in all_sweeps.items() if not s.get("preset") or s.get("preset") == preset}

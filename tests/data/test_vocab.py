@@ -23,3 +23,9 @@ def test_empty_vocabulary_is_an_error():
 def test_duplicate_names_are_an_error():
     with pytest.raises(VocabularyError, match="duplicate class name 'Cat'"):
         Vocabulary("v", (ClassInfo(0, "cat", True, ("cat",)), ClassInfo(1, "Cat", True, ("cat",))))
+
+
+def test_free_text_classes_get_coco_panoptic_ids_and_distinct_colours():
+    v = vocabulary_from_names(["car", "person", "road", "sky", "grass", "sand"])
+    assert [c.id for c in v.classes] == [1, 2, 3, 4, 5, 6]  # COCO panoptic: 0 is unlabeled
+    assert len({c.color for c in v.classes}) == 6 and (128, 128, 128) not in {c.color for c in v.classes}
