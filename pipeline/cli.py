@@ -144,7 +144,8 @@ def _unused(path: Path) -> Path:
 
 def sweep(args: argparse.Namespace) -> dict:
     from pipeline.params_file import load_params
-    from pipeline.sweep.runner import SweepOptions, load_grid, run_sweep
+    from pipeline.sweep.grids import load_grid
+    from pipeline.sweep.runner import SweepOptions, run_sweep
 
     params = load_params(args.params)
     name = load_grid(args.grid, params).name  # a packaged grid name or a grid file; errors before anything runs

@@ -11,7 +11,7 @@ from pipeline.config import Params
 from pipeline.data.formats import write_metrics
 from pipeline.device import init_seed_and_device
 from pipeline.train.distributed import close_distributed, init_distributed, is_main_process, relaunch_under_torchrun
-from pipeline.train.recipe import run_training
+from pipeline.train.run import run_training
 from stages.common import parser, run, tracker, write_timings
 
 TIMINGS = ("train_seconds", "it_per_s", "gpu_hours")  # metrics/timings/train.json, not a DVC metric

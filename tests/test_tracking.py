@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from pipeline.tracking import Tracker, relocate_store
+from pipeline.mlflow_store import relocate_store
+from pipeline.tracking import Tracker
 
 
 @pytest.fixture
@@ -157,7 +158,7 @@ def _experiment(uri, name="fovseg-test"):
 def test_experiment_is_a_model_training_one_with_saved_views(store):
     import json
 
-    from pipeline.tracking import EXPERIMENT_KIND_TAG, VIEW_TAG_PREFIX
+    from pipeline.mlflow_store import EXPERIMENT_KIND_TAG, VIEW_TAG_PREFIX
 
     params = {"data": {"eval_benchmarks": ["toy_val", "toy_open"]}}
     with Tracker("fovseg-test", "train", params, tracking_uri=store):
@@ -222,7 +223,8 @@ def test_make_mlflow_ui_takes_a_port_and_stays_local(tmp_path):
 
 
 def test_ui_urls_open_each_experiment_in_model_training_mode_and_the_saved_view(store, tmp_path):
-    from pipeline.tracking import main, ui_urls
+    from pipeline.mlflow_store import ui_urls
+    from pipeline.tracking import main
 
     with Tracker("fovseg-test", "train", {}, tracking_uri=store):
         pass

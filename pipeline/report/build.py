@@ -30,27 +30,19 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.report.ablation_tables import part_order, recipe_change_table, table4
 from pipeline.report.figures import copy_attention, plot_curve, plot_fig2, plot_fig3, plot_fig9
+from pipeline.report.main_tables import accounting_table, inference_table, table1, table2, table3
 from pipeline.report.provenance import TIMINGS, Provenance, Source, source
-from pipeline.report.tables import (
-    FIGURES,
-    MIOU_NOTE,
-    Table,
-    accounting_table,
-    fig2_table,
-    inference_table,
-    is_toy,
-    paper_tables,
-    part_order,
-    recipe_change_table,
-    status_table,
-    table1,
-    table2,
-    table3,
-    table4,
-    toy_table,
-)
+from pipeline.report.run_tables import fig2_table, status_table, toy_table
+from pipeline.report.table_format import Table
+from pipeline.report.table_inputs import is_toy, paper_tables
 
+FIGURES = "figures"  # the figures folder under the report
+MIOU_NOTE = ("mIoU follows detectron2's current formula: per-class IoU = TP/(TP+FP+FN), averaged over classes "
+             "with ground-truth pixels; the ignore label (255, or 65535 for ADE-847/PC-459) is excluded, and a pixel "
+             "no proposal covers is predicted as no class (a miss of its true class, a false positive of none). "
+             "PQ follows the COCO panoptic API (IoU > 0.5 matching, void and crowd handling).")
 # the before/after pair of the recipe change (Table IV(a) under the earlier recipe, then under MaskCLIP's)
 RECIPE_BEFORE, RECIPE_AFTER = "modules_earlier_recipe", "modules"
 

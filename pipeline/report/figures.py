@@ -13,7 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.report.tables import MODELS, num, paper_tables, sweep_metrics  # noqa: E402
+from pipeline.report.ablation_tables import sweep_metrics  # noqa: E402
+from pipeline.report.table_format import num  # noqa: E402
+from pipeline.report.table_inputs import MODELS, paper_tables  # noqa: E402
 
 
 def plot_fig9(grid: str, sweep: dict, out: Path) -> str | None:

@@ -23,7 +23,7 @@ VARIANT = {("trained", "proposals"): "trained", ("trained", "oracle"): "oracle_g
 @dataclass(frozen=True)
 class SharedInputs:
     """Read-only inputs every trial shares (paths on the trial's node), plus the shared proposal cache for other
-    generators. The driver sends them relative to the shared root (pipeline.sweep.runner.portable)."""
+    generators. The driver sends them relative to the shared root (pipeline.sweep.ray_cluster.portable)."""
 
     PATHS: ClassVar[tuple[str, ...]] = ("backbones", "proposals_root", "proposal_cache", "workdir")
     backbones: str
@@ -77,7 +77,7 @@ def _train(params: Params, shared: SharedInputs, trial_dir: Path, train_proposal
     """The train stage's function, resuming from ``trial_dir/checkpoints``; returns (numeric train metrics,
     model checkpoint path)."""
     from pipeline.device import init_seed_and_device
-    from pipeline.train.recipe import run_training
+    from pipeline.train.run import run_training
 
     device = init_seed_and_device(params.seed, params.device)
     metrics = run_training(data=params.data, clip=params.backbones.clip, model=params.model, train=params.train,

@@ -1,7 +1,9 @@
 """FOV-Seg training as a recipe (torchtune's single-device recipe is the model): ``setup`` (parameter
 groups, warmup + poly schedule, AMP scaler, resume), ``train`` (a DataLoader over steps feeding
 ``train_step``), ``save_checkpoint`` / ``save_model``. AMP and DDP on GPUs, checkpoints every N iterations
-and on SIGTERM/SIGINT, exact resume, NaN guard. :func:`run_training` is what the ``train`` stage calls.
+and on SIGTERM/SIGINT, exact resume, NaN guard. The ``train`` stage calls it through
+:func:`pipeline.train.run.run_training`; the parameter groups and schedule are :mod:`pipeline.train.optimizer`,
+what a checkpoint must match to resume is :mod:`pipeline.train.resume`.
 
 Determinism: the batch of step ``s`` (which images, their augmentation) is drawn in the data loader from an
 RNG seeded by (seed, s), and the model's own draws (FiSeR's masked class) from another seeded by (seed, s), so
@@ -22,10 +24,7 @@ refused.
 """
 from __future__ import annotations
 
-import csv
 import logging
-import math
-import os
 import signal
 import threading
 import time
@@ -37,124 +36,22 @@ import torch.distributed as dist
 
 from models.classifier import FOVSeg
 from models.matching import IGNORE, classification_loss, hungarian_targets, iou_targets, matched_counts
-from models.trainable import count_parameters, is_backbone_parameter
-from pipeline.build.classifier import build_classifier, file_digest
 from pipeline.checkpoints import load_or_set_aside, load_trainable_state, save_checkpoint, set_aside, trainable_state
-from pipeline.config import (
-    ClipParams,
-    DataParams,
-    EvaluateParams,
-    GeneratorParams,
-    ModelParams,
-    ProposalsParams,
-    TrainParams,
-    to_dict,
-)
+from pipeline.config import TrainParams, to_dict
 from pipeline.console import progress
-from pipeline.data.loaders import BenchmarkDataset
-from pipeline.data.proposal_store import ProposalStore
-from pipeline.data.registry import dataset_root, get_benchmark
-from pipeline.data.vocab import vocabulary_from_names
 from pipeline.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from pipeline.tracking import code_digest
 from pipeline.train.data import Batch, StepBatches, TrainSet, step_loader
 from pipeline.train.distributed import world
-from pipeline.train.generator_tuning import build_generator_tuner
+from pipeline.train.optimizer import lr_lambda, param_groups
+from pipeline.train.resume import identity_differences, resume_identity, with_defaults
 
 log = logging.getLogger(__name__)
-
-# train keys that do not change the trained weights: a checkpoint resumes across changes to them
-RESUME_NEUTRAL_KEYS = ("iterations", "checkpoint_every", "log_every", "num_workers")
-
-
-def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "poly":
-            return (1 - progress) ** 0.9
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
-    return f
-
-
-NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm,
-              torch.nn.LocalResponseNorm)
-EMBEDDING_NAMES = ("token", "embed", "embedding", "class_embedding", "positional_embedding", "logit_scale")
-
-
-def decay_exempt_names(model: torch.nn.Module, rule: str) -> set[str]:
-    """Parameters without weight decay. ``norm+embed`` (MaskCLIP's detectron2 optimizer: WEIGHT_DECAY_NORM and
-    WEIGHT_DECAY_EMBED 0.0, biases decayed): every parameter of a normalisation layer and every embedding
-    (``nn.Embedding`` weights; learned tokens, position embeddings, the logit scale by name). ``1d``: every
-    parameter with one dimension or none (biases, norm scales, single vectors)."""
-    if rule == "1d":
-        return {n for n, p in model.named_parameters() if p.ndim <= 1}
-    exempt = set()
-    for module_name, module in model.named_modules():
-        for pname, _ in module.named_parameters(recurse=False):
-            full = f"{module_name}.{pname}" if module_name else pname
-            if isinstance(module, NORM_TYPES) or isinstance(module, torch.nn.Embedding) or \
-                    any(key in pname for key in EMBEDDING_NAMES):
-                exempt.add(full)
-    return exempt
-
-
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, backbone_mult: float,
-                 decay_exempt: str = "norm+embed") -> list[dict]:
-    """Backbone (pre-trained CLIP) weights get ``lr * backbone_mult``; the ``decay_exempt`` rule's parameters
-    (:func:`decay_exempt_names`) get no weight decay. Each group is named (``backbone``/``new``, ``/no_decay``)
-    for the logged learning rates."""
-    exempt = decay_exempt_names(model, decay_exempt)
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        groups.setdefault((is_backbone_parameter(name), name in exempt), []).append(p)
-    return [{"params": ps, "lr": lr * (backbone_mult if bb else 1.0), "weight_decay": 0.0 if no_decay else weight_decay,
-             "name": ("backbone" if bb else "new") + ("/no_decay" if no_decay else "")}
-            for (bb, no_decay), ps in sorted(groups.items())]
 
 
 def model_seed(seed: int, step: int) -> int:
     """Seed of step ``step``'s draws inside the model (FiSeR), a stream distinct from the data's."""
     return (seed * 1_000_003 + step) ^ 0x5DEECE66D
-
-
-def resume_identity(identity: dict) -> dict:
-    """What a checkpoint must match to be resumed: everything but the result-neutral train keys."""
-    out = dict(identity)
-    out["train"] = {k: v for k, v in identity.get("train", {}).items() if k not in RESUME_NEUTRAL_KEYS}
-    return out
-
-
-def with_defaults(identity: dict) -> dict:
-    """A checkpoint's identity with the params keys it predates filled in at their defaults: a key added to
-    the code later (at a default that keeps the old behaviour) does not block resuming."""
-    from pipeline.config import ClipParams, ModelParams, TrainParams
-
-    def merge(base: dict, over: dict) -> dict:
-        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                           for k, v in over.items()}}
-
-    out = dict(identity)
-    for key, cls in (("model", ModelParams), ("clip", ClipParams), ("train", TrainParams)):
-        if isinstance(out.get(key), dict):
-            out[key] = merge(to_dict(cls()), out[key])
-    return out
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys += _differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            keys.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return keys
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
@@ -237,7 +134,7 @@ class TrainingRecipe:
         total = (ckpt.get("identity") or {}).get("train", {}).get("iterations")
         finished = total is not None and int(ckpt["step"]) >= int(total)
         if want != have:
-            diff = _differences(have, want) or ["(checkpoint written by another version: no identity)"]
+            diff = identity_differences(have, want) or ["(checkpoint written by another version: no identity)"]
             if finished:
                 self._set_aside_finished(f"with other settings ({'; '.join(diff[:6])})")
                 return
@@ -424,105 +321,3 @@ class TrainingRecipe:
         return {"iterations": cfg.iterations, "resumed_from": self.start, "history": self.history,
                 "train_seconds": self.train_seconds, "it_per_s": its,
                 "schedule_changed_at": self.schedule_changed_at, "evals": self.evals}
-
-
-def summary_metrics(result: dict, counts: dict, device: torch.device) -> dict:
-    """metrics/train.json: parameter counts, time, speed and the mean of the last 10 logged loss terms."""
-    history = result["history"]
-    last = history[-10:]
-    evals = result.get("evals") or []
-    best = max(evals, key=lambda e: e["score"]) if evals else None
-    return {**counts, "train_seconds": result["train_seconds"], "it_per_s": result["it_per_s"],
-            **({"best_step": best["step"], "best_score": best["score"], "best_metric": best["metric"]} if best else {}),
-            "iterations": result["iterations"], "resumed_from": result["resumed_from"],
-            **({"schedule_changed_at": result["schedule_changed_at"]}
-               if result.get("schedule_changed_at") is not None else {}),
-            "gpu_hours": result["train_seconds"] / 3600 * world()[1] if device.type == "cuda" else 0.0,
-            "device": str(device),
-            **{k: sum(r.get(k, 0.0) for r in last) / max(len(last), 1) for k in (history[-1] if history else {})
-               if k.startswith("loss")}}
-
-
-def run_training(*, data: DataParams, clip: ClipParams, model: ModelParams, train: TrainParams,
-                 generator: GeneratorParams, proposals: ProposalsParams, evaluate: EvaluateParams, seed: int,
-                 device: torch.device, backbones_dir: str | Path, proposals_dir: str | Path | None,
-                 checkpoints_dir: str | Path, out_dir: str | Path, curve_path: str | Path,
-                 eval_proposals_dir: str | Path | None = None, eval_curve_path: str | Path | None = None,
-                 on_metrics: Callable[[dict, int], None] | None = None) -> dict:
-    """Build the classifier, train (or resume) it, write ``<out_dir>/last.pt`` (and ``best.pt`` with
-    ``train.eval_every``: the best periodic score on ``train.eval_benchmark``), the loss curve CSV and the
-    evaluation curve CSV; returns the metrics of ``metrics/train.json``."""
-    ready = build_classifier(clip, model, backbones_dir, device)
-    ds = BenchmarkDataset(get_benchmark(data.train_benchmark), dataset_root(data.root or None))
-    # tune-generator: live proposals from the generator replace the store; the set yields gt segments only
-    tuner = (build_generator_tuner(generator, proposals, train, backbones_dir, len(ds.vocab))
-             if model.tune_generator else None)
-    store = ProposalStore(proposals_dir) if train.mask_source != "gt" and tuner is None else None
-    # samples arrive at the classifier's input size (the generator being tuned sees the crop itself)
-    train_set = TrainSet(ds, store, train.crop_size, train.lsj_min_scale, train.lsj_max_scale,
-                         "gt" if tuner is not None else train.mask_source, train.max_masks,
-                         image_size=train.crop_size if tuner is not None else ready.model.image_size,
-                         grid=ready.model.mask_grid, data_fraction=train.data_fraction)
-    counts = count_parameters(ready.model)
-    identity = {"model": to_dict(model), "clip": to_dict(clip), "clip_weights": ready.weights_id,
-                "benchmark": data.train_benchmark,
-                "proposals": file_digest(Path(proposals_dir) / "meta.json") if store is not None else None}
-    no_object = vocabulary_from_names([train.no_object_text], "no_object")
-    evaluator = None
-    if train.eval_every and eval_proposals_dir is not None:
-        evaluator = periodic_evaluator(ready, data, train, evaluate, eval_proposals_dir, model.tune_text)
-    recipe = TrainingRecipe(ready.model, train_set, ready.text_source(ds.vocab, differentiable=model.tune_text),
-                            train, seed=seed, device=device, checkpoint_dir=checkpoints_dir, identity=identity,
-                            generator_tuner=tuner,
-                            no_object_source=ready.text_source(no_object, differentiable=model.tune_text),
-                            evaluator=evaluator, best_path=Path(out_dir) / "best.pt")
-    log.info("training FOV-Seg on %s at %d x %d (mask grid %d x %d), LSJ crop %d, batch %d, up to %d proposals per "
-             "image, %d iterations, on %s", clip.model, ready.model.image_size, ready.model.image_size,
-             train_set.grid, train_set.grid, train.crop_size, train.batch_size, train.max_masks, train.iterations,
-             device)
-    recipe.setup()
-    result = recipe.train(on_metrics=on_metrics)
-    recipe.save_model(Path(out_dir) / "last.pt", {"params": counts})
-    if tuner is not None and recipe.rank == 0:  # evaluate with: proposals stage --generator <out_dir>/mask2former
-        tuner.save(Path(out_dir) / "mask2former")
-    if recipe.rank == 0:
-        write_curve(result["history"], Path(curve_path))
-        if eval_curve_path is not None:
-            write_curve(result["evals"], Path(eval_curve_path))
-    return summary_metrics(result, counts, device)
-
-
-def periodic_evaluator(ready, data: DataParams, train: TrainParams, evaluate: EvaluateParams,
-                       proposals_dir: str | Path, fresh_text: bool) -> Callable[[FOVSeg], dict]:
-    """``train.eval_every``'s scoring: the evaluate stage's loop on the first ``train.eval_images`` images of
-    ``train.eval_benchmark`` with its stored proposals; the score is PQ (panoptic benchmarks) or mIoU."""
-    from pipeline.eval.loop import ModelClassifier, StoredProposals, default_evaluators, groups_of, inference_on_dataset
-
-    bench = train.eval_benchmark
-    ds = BenchmarkDataset(get_benchmark(bench), dataset_root(data.root or None))
-    proposals = StoredProposals(ProposalStore(proposals_dir))
-    groups = groups_of(bench, data.train_benchmark)
-    metric = "PQ" if ds.bench.task == "panoptic" else "mIoU"
-
-    def run(model: FOVSeg) -> dict:
-        with torch.no_grad():  # a text tower that trains gives new embeddings: no cache then
-            text = ready.text_source(ds.vocab, differentiable=True)() if fresh_text else None
-        out = inference_on_dataset(ds, proposals, ModelClassifier(ready, ds.vocab, evaluate, text=text),
-                                   default_evaluators(ds, groups), object_threshold=evaluate.object_threshold,
-                                   overlap_threshold=evaluate.overlap_threshold, max_images=train.eval_images,
-                                   score=evaluate.score, progress=False)
-        scores = {f"{bench}/{k}": out[k] for k in ("PQ", "mIoU", "PQ_unseen", "mIoU_unseen") if k in out}
-        return {**scores, "metric": f"{bench}/{metric}", "score": out[metric]}
-    return run
-
-
-def write_curve(history: list[dict], path: Path) -> None:
-    """Training curve as CSV (a DVC plot)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "step", k))
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    os.replace(tmp, path)

@@ -7,9 +7,9 @@ import zipfile
 
 import pytest
 
-from pipeline.data import download
-from pipeline.data.download import DownloadError, safe_extract
-from pipeline.errors import FovsegError
+from pipeline.data import archives
+from pipeline.data.archives import safe_extract
+from pipeline.errors import DownloadError, FovsegError
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -54,31 +54,31 @@ def zip_bomb(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- size and ratio caps
 def test_the_caps_suit_the_real_datasets():
-    assert download.MAX_EXTRACT_BYTES >= 100 * 2**30  # COCO train2017: 18 GB zipped, about as much extracted
-    assert 20 <= download.MAX_EXTRACT_RATIO <= 1000  # images ~1x, annotation json zips 10-20x
-    assert download.extraction_allowance(1_000_000_000) == download.MAX_EXTRACT_RATIO * 1_000_000_000
-    assert download.extraction_allowance(10**12) == download.MAX_EXTRACT_BYTES
+    assert archives.MAX_EXTRACT_BYTES >= 100 * 2**30  # COCO train2017: 18 GB zipped, about as much extracted
+    assert 20 <= archives.MAX_EXTRACT_RATIO <= 1000  # images ~1x, annotation json zips 10-20x
+    assert archives.extraction_allowance(1_000_000_000) == archives.MAX_EXTRACT_RATIO * 1_000_000_000
+    assert archives.extraction_allowance(10**12) == archives.MAX_EXTRACT_BYTES
 
 
 def test_zip_bomb_is_refused_naming_archive_member_and_cap(zip_bomb, tmp_path):
     with pytest.raises(DownloadError) as err:
         safe_extract(zip_bomb, tmp_path / "out")
     msg = str(err.value)
-    assert "bomb.zip" in msg and "data/bomb.bin" in msg and f"{download.MAX_EXTRACT_RATIO}x" in msg
+    assert "bomb.zip" in msg and "data/bomb.bin" in msg and f"{archives.MAX_EXTRACT_RATIO}x" in msg
     assert "\n" not in msg and _nothing_left(tmp_path)
 
 
 def test_bytes_are_counted_while_writing_when_headers_lie(zip_bomb, tmp_path, monkeypatch):
     """Headers can lie: with the declared sizes trusted blindly (the header check disabled), the bytes actually
     written still stop the extraction at the cap, not after 300 MB."""
-    monkeypatch.setattr(download, "_check_declared_size", lambda *a, **k: None)
+    monkeypatch.setattr(archives, "_check_declared_size", lambda *a, **k: None)
     written = []
-    real_write = download._copy_counted
+    real_write = archives._copy_counted
 
     def spy(src, dest, budget, member):
         real_write(src, dest, budget, member)
         written.append(dest.stat().st_size)
-    monkeypatch.setattr(download, "_copy_counted", spy)
+    monkeypatch.setattr(archives, "_copy_counted", spy)
     with pytest.raises(DownloadError, match=r"bomb.zip.*data/bomb.bin.*cap"):
         safe_extract(zip_bomb, tmp_path / "out")
     assert not written  # the member never completed
@@ -95,7 +95,7 @@ def test_tar_gz_bomb_is_refused(tmp_path):
 
 
 def test_too_many_members_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(download, "MAX_ARCHIVE_MEMBERS", 5)
+    monkeypatch.setattr(archives, "MAX_ARCHIVE_MEMBERS", 5)
     archive = tmp_path / "many.zip"
     archive.write_bytes(_zip({f"f{i}.txt": b"" for i in range(6)}))
     with pytest.raises(DownloadError, match=r"many.zip.*6 members.*5"):
@@ -241,7 +241,7 @@ def test_disk_full_while_extracting_is_a_clear_error(tmp_path, monkeypatch):
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(download, "_copy_counted", full)
+    monkeypatch.setattr(archives, "_copy_counted", full)
     archive = tmp_path / "a.zip"
     archive.write_bytes(_zip({"x.txt": b"x"}))
     with pytest.raises(DownloadError, match=r"disk full while extracting .*a.zip"):

@@ -8,7 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.data.download import DownloadError, fetch, safe_extract
+from pipeline.data.archives import safe_extract
+from pipeline.data.download import fetch
+from pipeline.errors import DownloadError
 
 
 class _Server:

@@ -13,8 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.data.download import DownloadError, DownloadLock, fetch, safe_extract
+from pipeline.data.archives import safe_extract
+from pipeline.data.download import DownloadLock, fetch
 from pipeline.data.prepare import DATASETS, fetch_dataset
+from pipeline.errors import DownloadError
 
 PAYLOAD = bytes(range(256)) * 200  # 51200 bytes
 

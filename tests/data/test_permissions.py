@@ -125,7 +125,7 @@ def test_verifying_a_folder_that_cannot_be_entered_is_permission_denied(tmp_path
 
 def test_preparing_from_an_unlistable_folder_is_not_silently_empty(tmp_path, deny):
     """Path.glob swallows PermissionError: the ADE20K conversion would write 0 maps and report success."""
-    from pipeline.data.prepare import ade20k_semantic
+    from pipeline.data.conversions import ade20k_semantic
 
     folder = tmp_path / "ADEChallengeData2016/annotations/training"
     folder.mkdir(parents=True)
@@ -137,7 +137,7 @@ def test_preparing_from_an_unlistable_folder_is_not_silently_empty(tmp_path, den
 
 
 def test_a_missing_raw_folder_still_prepares_nothing(tmp_path):
-    from pipeline.data.prepare import ade20k_semantic
+    from pipeline.data.conversions import ade20k_semantic
 
     assert ade20k_semantic(tmp_path) == {"ade20k_semantic_maps": 0}
 

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.formats import read_label_map
-from pipeline.data.loaders import BenchmarkDataset
-from pipeline.data.prepare import (
+from pipeline.data.conversions import (
     ade20k_panoptic,
     ade20k_semantic,
     coco_semantic_from_panoptic,
     prepare_ade20k_full,
     prepare_pascal_context,
 )
+from pipeline.data.formats import read_label_map
+from pipeline.data.loaders import BenchmarkDataset
 from pipeline.data.registry import get_benchmark
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pipeline.data.conversions as conversions_mod
 import pipeline.data.download as download_mod
 import pipeline.data.prepare as prepare_mod
 import stages.download as download
@@ -109,6 +110,7 @@ def offline(monkeypatch):
     monkeypatch.setattr(download_mod, "fetch_verified", refuse("fetch_verified"))
     monkeypatch.setattr(prepare_mod, "fetch_verified", refuse("fetch_verified"))
     monkeypatch.setattr(prepare_mod, "safe_extract", refuse("safe_extract"))
+    monkeypatch.setattr(conversions_mod, "safe_extract", refuse("safe_extract"))
     for name, spec in list(prepare_mod.DATASETS.items()):
         monkeypatch.setitem(prepare_mod.DATASETS, name, dataclasses.replace(spec, prepare=refuse(f"prepare {name}")))
     monkeypatch.setattr(download, "tracker", lambda *a, **k: contextlib.nullcontext(_NullTracker()))

@@ -5,7 +5,8 @@ import subprocess
 import pytest
 
 from pipeline.report.build import build_report
-from pipeline.report.tables import fmt, latex_escape, paper_tables
+from pipeline.report.table_format import fmt, latex_escape
+from pipeline.report.table_inputs import paper_tables
 
 BASE = {"PQ": 1.0, "PQ_seen": 1.0, "PQ_unseen": 2.0, "mIoU": 3.0, "mIoU_seen": 3.0, "mIoU_unseen": 4.0}
 

@@ -12,8 +12,9 @@ import pytest
 from pipeline.config import override
 from pipeline.errors import FovsegError, ParamsError
 from pipeline.params_file import load_params
-from pipeline.sweep import runner
-from pipeline.sweep.runner import SweepOptions, check_local_resources, machine_cpus, run_sweep
+from pipeline.sweep import ray_cluster, runner
+from pipeline.sweep.ray_cluster import check_local_resources, machine_cpus
+from pipeline.sweep.runner import SweepOptions, run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,7 +50,7 @@ def test_local_sweep_ray_listens_on_loopback_only(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     before = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     try:
-        runner._init_ray(_params(num_cpus=1), None)
+        ray_cluster.init_ray(_params(num_cpus=1), None)
         me = psutil.Process()
         ray_pids = {me.pid, *(p.pid for p in me.children(recursive=True))}  # driver, gcs_server, raylet, workers
         sockets = _listening(ray_pids)
@@ -88,13 +89,13 @@ def _no_ray(monkeypatch):
     def never(*a, **k):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(runner, "_init_ray", never)
+    monkeypatch.setattr(runner, "init_ray", never)  # the name run_sweep calls
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
 def test_cpus_per_trial_above_the_machine_is_refused_before_ray_starts(tmp_path, monkeypatch):
     _no_ray(monkeypatch)
-    monkeypatch.setattr(runner, "machine_cpus", lambda: 2.0)
+    monkeypatch.setattr(ray_cluster, "machine_cpus", lambda: 2.0)
     with pytest.raises(ParamsError) as exc:
         run_sweep("modules", _params(cpus_per_trial=3.0), _opts(tmp_path))
     msg = str(exc.value)
@@ -105,7 +106,7 @@ def test_cpus_per_trial_above_the_machine_is_refused_before_ray_starts(tmp_path,
 
 def test_cpus_per_trial_above_sweep_num_cpus_names_that_key(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(runner, "machine_cpus", lambda: 16.0)
+    monkeypatch.setattr(ray_cluster, "machine_cpus", lambda: 16.0)
     with pytest.raises(ParamsError, match=r"cpus_per_trial = 4 is more than the 2 CPU\(s\).*sweep.num_cpus = 2; "
                                           r"this machine has 16"):
         check_local_resources(_params(cpus_per_trial=4.0, num_cpus=2), None)
@@ -113,7 +114,7 @@ def test_cpus_per_trial_above_sweep_num_cpus_names_that_key(monkeypatch):
 
 
 def test_a_cluster_decides_for_itself(monkeypatch):
-    monkeypatch.setattr(runner, "machine_cpus", lambda: 2.0)
+    monkeypatch.setattr(ray_cluster, "machine_cpus", lambda: 2.0)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     check_local_resources(_params(cpus_per_trial=64.0), "10.0.0.5:6379")  # --address
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")

@@ -335,7 +335,7 @@ def test_mlflow_has_one_parent_with_nested_children(fake_sweep):
     assert 500 <= two.info.end_time - two.info.start_time < 30_000
     assert all(c.info.start_time >= parents[0].info.start_time for c in children if c.info.status == "FINISHED")
     # logging again (a resumed sweep) adds no duplicates
-    from pipeline.sweep.runner import log_sweep_to_mlflow
+    from pipeline.sweep.mlflow_mirror import log_sweep_to_mlflow
 
     grid = load_grid(str(fake_sweep["root"] / "test.yaml"), load_params(REPO / "params.yaml"))
     name = parents[0].data.tags["sweep_key"]
@@ -548,7 +548,7 @@ def test_cluster_nodes_get_the_code_shipped_and_paths_under_their_shared_root(ra
     from mlflow import MlflowClient
     from ray import cloudpickle
 
-    from pipeline.sweep import runner
+    from pipeline.sweep.mlflow_mirror import SweepTracking
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     root, alias = ray_second_node["root"], ray_second_node["alias"]
@@ -556,10 +556,10 @@ def test_cluster_nodes_get_the_code_shipped_and_paths_under_their_shared_root(ra
     data.symlink_to(toy_root)  # the dataset root under the shared root: it travels as "datasets"
     monkeypatch.chdir(root)
     calls = []
-    log_trial, finish = runner.SweepTracking.log_trial, runner.SweepTracking.finish
-    monkeypatch.setattr(runner.SweepTracking, "log_trial",
+    log_trial, finish = SweepTracking.log_trial, SweepTracking.finish
+    monkeypatch.setattr(SweepTracking, "log_trial",
                         lambda self, t: (calls.append(t["name"]), log_trial(self, t)))
-    monkeypatch.setattr(runner.SweepTracking, "finish", lambda self, *a: (calls.append("finish"), finish(self, *a)))
+    monkeypatch.setattr(SweepTracking, "finish", lambda self, *a: (calls.append("finish"), finish(self, *a)))
     grid = {**GRID, "rows": GRID["rows"][:2]}
     uri = f"sqlite:///{root / 'mlflow.db'}"
     opts = SweepOptions(out=root / "out", storage=root / "ray", metrics=root / "m.json", backbones=root / "bb",

@@ -11,7 +11,8 @@ import yaml
 from pipeline.config import override
 from pipeline.params_file import load_params
 from pipeline.sweep.grids import load_grid
-from pipeline.sweep.runner import SweepTracking, log_sweep_to_mlflow, summarize
+from pipeline.sweep.mlflow_mirror import SweepTracking, log_sweep_to_mlflow
+from pipeline.sweep.results import summarize
 from pipeline.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[2]

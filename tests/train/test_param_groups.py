@@ -5,7 +5,7 @@ from models.classifier import FOVSeg
 from models.clip_backbone import build_clip
 from models.mask_encoder import TevaConfig
 from models.trainable import select_trainable
-from pipeline.train.recipe import param_groups
+from pipeline.train.optimizer import param_groups
 
 
 def _model():

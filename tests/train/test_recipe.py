@@ -174,7 +174,7 @@ def test_an_unfinished_run_from_other_code_resumes_with_a_warning(base_model, to
 
 
 def test_params_keys_newer_than_the_checkpoint_resume_at_their_defaults(base_model, toy_root, tmp_path):
-    from pipeline.train.recipe import resume_identity, with_defaults
+    from pipeline.train.resume import resume_identity, with_defaults
 
     _run(copy.deepcopy(base_model), toy_root, tmp_path, iterations=2)
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -217,7 +217,7 @@ def test_clip_grad_norm_bounds_the_norm_of_all_gradients_together(base_model, to
 
 def test_gpu_hours_count_the_training_processes_not_the_visible_gpus(monkeypatch):
     """One training process on a machine with 8 visible GPUs used 1 GPU: gpu_hours = hours x processes."""
-    from pipeline.train import recipe as training
+    from pipeline.train import run as training
 
     result = {"history": [], "train_seconds": 7200.0, "it_per_s": 1.0, "iterations": 10, "resumed_from": 0}
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
