@@ -4,7 +4,7 @@ regenerated them.
 Every stage that writes a DVC metrics file ``metrics/<path>.json`` writes its timings beside it, in
 ``metrics/timings/<path>.json`` (declared in ``dvc.yaml`` as a plain output, not a DVC metric), with a block
 
-    "produced": {"utc": "2026-12-06T20:47:24Z", "commit": "<git HEAD, 40 hex>", "preset": "toy"}
+    "produced": {"utc": "YYYY-MM-DDTHH:MM:SSZ", "commit": "<git HEAD, 40 hex>", "preset": "toy"}
 
 A file that carries the block itself (the sweep results ``metrics/sweeps/<grid>.json``, written by
 ``pipeline/sweep/runner.py``) is read the same way: its top-level ``produced`` key. Without the block the report
