@@ -65,37 +65,35 @@ def this_run_rows(evals: dict[str, dict], keys: list[str], paper: list) -> tuple
         [TOY_NOTE]
 
 
-def table1(evals: dict[str, dict], this_run: bool, train_benchmark: str) -> Table:
-    """Table I; this run's row (or its toy analogues, see :func:`this_run_rows`) when trained on COCO-Panoptic or
-    the toy world."""
-    spec = paper_tables()["table1_open_vocab_panoptic"]
-    keys = spec["columns"]
+def _paper_table(name: str, spec_key: str, title: str, trained_on: str, other: str, evals: dict[str, dict],
+                 this_run: bool, train_benchmark: str) -> Table:
+    """One of the open-vocabulary result tables: the paper's rows, then this run's (see :func:`this_run_rows`)
+    when it trained on ``trained_on``; otherwise a note pointing to the ``other`` table."""
+    spec = paper_tables()[spec_key]
+    keys = spec["columns"]  # columns of TABLE1_COLUMNS
     rows: list[list[str] | None] = _peer_block(spec["rows"], len(keys))
-    notes = [f"Peers and FOV-Seg (paper): the paper's Table I. {spec['note']}"]
+    notes = [f"Peers and FOV-Seg (paper): the paper's {title.split(':')[0]}. {spec['note']}"]
     if this_run:
         ours, extra = this_run_rows(evals, keys, spec["rows"][PAPER_ROW])
         rows += ours
         notes += extra
     else:
-        notes.append(f"No 'this run' row: this run trained on {train_benchmark}, not COCO-Panoptic (see Table III).")
-    return Table("table1", "Table I: open-vocabulary panoptic and semantic segmentation (trained on COCO-Panoptic)",
-                 ["method", *[TABLE1_COLUMNS[k][0] for k in keys]], rows, notes)
+        notes.append(f"No 'this run' row: this run trained on {train_benchmark}, not {trained_on} (see {other}).")
+    return Table(name, title, ["method", *[TABLE1_COLUMNS[k][0] for k in keys]], rows, notes)
+
+
+def table1(evals: dict[str, dict], this_run: bool, train_benchmark: str) -> Table:
+    """Table I; this run's row (or its toy analogues) when trained on COCO-Panoptic or the toy world."""
+    return _paper_table("table1", "table1_open_vocab_panoptic",
+                        "Table I: open-vocabulary panoptic and semantic segmentation (trained on COCO-Panoptic)",
+                        "COCO-Panoptic", "Table III", evals, this_run, train_benchmark)
 
 
 def table3(evals: dict[str, dict], this_run: bool, train_benchmark: str) -> Table:
-    """Table III; this run's row (see :func:`this_run_rows`) when it trained on COCO-Stuff."""
-    spec = paper_tables()["table3_open_vocab_semantic_coco_stuff_training"]
-    keys = spec["columns"]  # mIoU columns of TABLE1_COLUMNS
-    rows: list[list[str] | None] = _peer_block(spec["rows"], len(keys))
-    notes = [f"Peers and FOV-Seg (paper): the paper's Table III. {spec['note']}"]
-    if this_run:
-        ours, extra = this_run_rows(evals, keys, spec["rows"][PAPER_ROW])
-        rows += ours
-        notes += extra
-    else:
-        notes.append(f"No 'this run' row: this run trained on {train_benchmark}, not COCO-Stuff (see Table I).")
-    return Table("table3", "Table III: open-vocabulary semantic segmentation (trained on COCO-Stuff)",
-                 ["method", *[TABLE1_COLUMNS[k][0] for k in keys]], rows, notes)
+    """Table III; this run's row when it trained on COCO-Stuff."""
+    return _paper_table("table3", "table3_open_vocab_semantic_coco_stuff_training",
+                        "Table III: open-vocabulary semantic segmentation (trained on COCO-Stuff)",
+                        "COCO-Stuff", "Table I", evals, this_run, train_benchmark)
 
 
 def _mem_gb(entry: dict | None) -> float | None:
