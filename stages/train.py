@@ -34,9 +34,7 @@ def main(args, params: Params) -> dict:
                                eval_curve_path=args.eval_curve,
                                on_metrics=lambda row, step: t.log_metrics(row, step=step))
         if is_main_process():  # torchrun: the other ranks' loss history is their own shard's
-            timings = {k: metrics[k] for k in TIMINGS if k in metrics}
-            if not str(metrics.get("device", "")).startswith("cuda"):
-                timings.pop("gpu_hours", None)  # no GPU: no GPU-hours (absent, not 0.0)
+            timings = {k: metrics[k] for k in TIMINGS if k in metrics}  # no gpu_hours on CPU: absent, not 0.0
             write_metrics(args.metrics, {k: v for k, v in metrics.items() if k not in TIMINGS})
             write_timings(args.timings, params, {**timings, "device": metrics.get("device")})
             t.log_metrics({k: v for k, v in metrics.items() if k != "device"}, prefix="train")

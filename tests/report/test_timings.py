@@ -94,13 +94,13 @@ def test_proposals_and_backbones_stages_move_their_seconds(stage_env, monkeypatc
     assert t["clip_pretrain_seconds"] == 345.5 and t["m2f_pretrain_seconds"] == 329.6
 
 
-def test_train_stage_moves_time_and_speed_and_drops_gpu_hours_without_a_gpu(stage_env, monkeypatch):
+def test_train_stage_moves_time_and_speed_out_of_the_metrics(stage_env, monkeypatch):
     import stages.train as stage
 
     tmp, tracked, patch = stage_env
     patch(stage)
     canned = {"trainable": 10, "total": 20, "train_seconds": 72.6, "it_per_s": 13.8, "iterations": 1000,
-              "resumed_from": 0, "gpu_hours": 0.0, "device": "cpu", "loss": 2.0}
+              "resumed_from": 0, "device": "cpu", "loss": 2.0}
     monkeypatch.setattr(stage, "run_training", lambda **k: dict(canned))
     monkeypatch.setattr(stage, "init_seed_and_device", lambda *a: torch.device("cpu"))
     monkeypatch.setattr(stage, "relaunch_under_torchrun", lambda *a: None)
