@@ -253,8 +253,9 @@ class TrainParams(Section):
     eval_images: int = Field(64, ge=0, le=1_000_000, description="its first N images; 0 = all")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where native)")
     loss_weights: LossWeights = Field(default_factory=LossWeights)
-    assignment: Literal["hungarian", "iou"] = Field("hungarian", description="proposal targets: bipartite "
-                                                    "matching (MaskCLIP) | IoU >= assign_iou (several per segment)")
+    assignment: Literal["hungarian", "iou"] = Field("iou", description="proposal targets: bipartite matching "
+                                                    "(MaskCLIP; paper presets) | IoU >= assign_iou (several per "
+                                                    "segment)")
     match: MatchWeights = Field(default_factory=lambda: MatchWeights())
     no_object_weight: float = Field(0.0, ge=0, le=1, description="CE weight of unmatched proposals' no-object "
                                                                  "target (MaskCLIP's COCO config: 0.0)")

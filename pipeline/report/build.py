@@ -10,7 +10,7 @@ Paper tables (from the packaged copy of the paper's numbers, ``pipeline/report/p
   own figures, labelled, no deltas), with the accounting of the paper-size classifier beside it;
 - Table IV parts in the paper's order ((a)-(j), then Fig. 9, then the grids beyond the paper): one table per
   ``metrics/sweeps/<grid>.json`` of this preset, with the paper's numbers beside and the delta to the grid's
-  reference row paired by seed; the recipe change (``modules_earlier_recipe`` vs ``modules``) paired by seed;
+  reference row paired by seed; the recipe change (``modules_earlier_recipe`` vs ``modules_maskclip_recipe``) paired by seed;
 - Fig. 2 (oracle classifier vs oracle generator), a Fig. 3 analogue (per-class gain over the untrained
   classifier, unseen classes marked), Fig. 6 (attention maps, if the ``attention`` stage wrote them),
   Fig. 9 curves (sweeps whose rows carry a numeric ``x``);
@@ -44,7 +44,7 @@ MIOU_NOTE = ("mIoU follows detectron2's current formula: per-class IoU = TP/(TP+
              "no proposal covers is predicted as no class (a miss of its true class, a false positive of none). "
              "PQ follows the COCO panoptic API (IoU > 0.5 matching, void and crowd handling).")
 # the before/after pair of the recipe change (Table IV(a) under the earlier recipe, then under MaskCLIP's)
-RECIPE_BEFORE, RECIPE_AFTER = "modules_earlier_recipe", "modules"
+RECIPE_BEFORE, RECIPE_AFTER = "modules_earlier_recipe", "modules_maskclip_recipe"
 
 
 def load_eval(metrics_dir: Path) -> dict[str, dict]:
@@ -160,6 +160,7 @@ def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str, expe
     lines += [*skipped, ""] if skipped else []
     lines += not_run_lines(set(sweeps))
     last_fig9 = [t.stem for t in parts if t.caption.startswith("Fig. 9")][-1:]
+    last_recipe = [t.stem for t in parts if t.stem in (f"table4_{RECIPE_BEFORE}", f"table4_{RECIPE_AFTER}")][-1:]
     for t in parts:
         lines += [f"### {t.caption}", "", t.write(tmp), ""]
         fig9 = f"{FIGURES}/fig9_{t.stem.removeprefix('table4_')}.png"
@@ -167,7 +168,7 @@ def build_report(metrics_dir: str | Path, out_dir: str | Path, preset: str, expe
             lines += [f"![{fig9}]({fig9})", ""]
         if [t.stem] == last_fig9:
             lines += ["Fig. 9 in the paper: " + paper_tables()["figure9_text"], ""]
-        if change is not None and t.stem == f"table4_{RECIPE_BEFORE}":
+        if change is not None and [t.stem] == last_recipe:
             lines += [f"### {change.caption}", "", change.write(tmp), ""]
     lines += ["## Fig. 2: oracle classifier vs oracle generator", "", f2.write(tmp), ""]
     lines += [f"![{p}]({p})" for p in plots["fig2"]] + [""]
