@@ -10,7 +10,8 @@ Paper tables (from the packaged copy of the paper's numbers, ``pipeline/report/p
   own figures, labelled, no deltas), with the accounting of the paper-size classifier beside it;
 - Table IV parts in the paper's order ((a)-(j), then Fig. 9, then the grids beyond the paper): one table per
   ``metrics/sweeps/<grid>.json`` of this preset, with the paper's numbers beside and the delta to the grid's
-  reference row paired by seed; the recipe change (``modules_earlier_recipe`` vs ``modules_maskclip_recipe``) paired by seed;
+  reference row paired by seed; the recipe change (``modules_earlier_recipe`` vs ``modules_maskclip_recipe``)
+  paired by seed;
 - Fig. 2 (oracle classifier vs oracle generator), a Fig. 3 analogue (per-class gain over the untrained
   classifier, unseen classes marked), Fig. 6 (attention maps, if the ``attention`` stage wrote them),
   Fig. 9 curves (sweeps whose rows carry a numeric ``x``);

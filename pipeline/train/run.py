@@ -47,7 +47,8 @@ def summary_metrics(result: dict, counts: dict, device: torch.device) -> dict:
             "iterations": result["iterations"], "resumed_from": result["resumed_from"],
             **({"schedule_changed_at": result["schedule_changed_at"]}
                if result.get("schedule_changed_at") is not None else {}),
-            **({"gpu_hours": result["train_seconds"] / 3600 * world()[1]} if device.type == "cuda" else {}),  # none on CPU
+            # no GPU-hours on CPU: absent, not 0.0
+            **({"gpu_hours": result["train_seconds"] / 3600 * world()[1]} if device.type == "cuda" else {}),
             "device": str(device),
             **{k: sum(r.get(k, 0.0) for r in last) / max(len(last), 1) for k in (history[-1] if history else {})
                if k.startswith("loss")}}
