@@ -30,6 +30,9 @@ ifeq ($(TORCH),cpu)
 	$(BIN)/pip install --quiet --no-compile --index-url $(TORCH_CPU_INDEX) $(TORCH_REQS)
 endif
 	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+	@$(BIN)/python -c "import torch, torchvision.ops" 2>/dev/null || { echo "torch and torchvision in $(VENV) do not \
+	work together ($$($(BIN)/pip list 2>/dev/null | grep -E '^torch(vision)? ' | tr -s ' ' | paste -sd ',')): remove \
+	$(VENV) and run make again$(if $(TORCH), without TORCH=$(TORCH),)" >&2; exit 1; }
 	touch $@
 
 .PHONY: install demo test test-all smoke lint mlflow-ui plots
