@@ -41,6 +41,22 @@ def coco_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory) -> Path:
+    """A backbones folder as the backbones stage writes it: random tiny CLIP (clip.pt) and Mask2Former."""
+    import torch
+
+    from models.clip_backbone import build_clip
+    from models.generators import build_mask2former
+
+    d = tmp_path_factory.mktemp("backbones")
+    torch.manual_seed(0)
+    clip, _ = build_clip("fovseg-tiny", allow_random=True)
+    torch.save(clip.state_dict(), d / "clip.pt")
+    build_mask2former("fovseg-tiny", 96, random_init=True).save_pretrained(d / "mask2former")
+    return d
+
+
 def no_object_embedding(dim: int):
     """A fixed unit vector standing for the no-object class's text embedding ("other") in tests."""
     import torch

@@ -192,19 +192,6 @@ def test_checkpoint_in_a_folder_that_cannot_be_entered_says_permission_denied(tm
 
 
 # ----------------------------------------------------------------------------- the `fovseg predict --checkpoint` CLI
-@pytest.fixture(scope="module")
-def tiny_backbones(tmp_path_factory):
-    from models.clip_backbone import build_clip
-    from models.generators import build_mask2former
-
-    d = tmp_path_factory.mktemp("backbones")
-    torch.manual_seed(0)
-    clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    torch.save(clip.state_dict(), d / "clip.pt")
-    build_mask2former("fovseg-tiny", 96, random_init=True).save_pretrained(d / "mask2former")
-    return d
-
-
 @pytest.mark.parametrize("kind", ["empty", "half"])
 def test_predict_with_a_damaged_checkpoint_prints_one_line(tiny_backbones, toy_root, tmp_path, monkeypatch, capsys,
                                                            kind):

@@ -6,21 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models.clip_backbone import build_clip
-from models.generators import build_mask2former
 from pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_backbones(tmp_path_factory):
-    d = tmp_path_factory.mktemp("backbones")
-    torch.manual_seed(0)
-    clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    torch.save(clip.state_dict(), d / "clip.pt")
-    build_mask2former("fovseg-tiny", 96, random_init=True).save_pretrained(d / "mask2former")
-    return d
 
 
 def test_predict_on_a_folder_writes_panoptic_semantic_overlay_and_rle(tiny_backbones, toy_root, tmp_path,

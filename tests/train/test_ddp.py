@@ -1,6 +1,4 @@
 """DDP path on CPU (gloo, 2 processes on loopback): the code GPUs run with torchrun."""
-import os
-import socket
 from pathlib import Path
 
 import torch
@@ -9,34 +7,15 @@ import torch.multiprocessing as mp
 
 from pipeline.checkpoints import set_aside_folder
 from tests.conftest import no_object_embedding
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.train.ddp import free_port, init_rank_with_toy_model
 
 
 def _worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    from models.classifier import FOVSeg
-    from models.clip_backbone import build_clip
-    from models.mask_encoder import TevaConfig
-    from models.trainable import select_trainable
     from pipeline.config import TrainParams
-    from pipeline.data.loaders import BenchmarkDataset
-    from pipeline.data.registry import get_benchmark
     from pipeline.train.data import TrainSet
-    from pipeline.train.distributed import init_distributed
     from pipeline.train.recipe import TrainingRecipe
 
-    init_distributed(torch.device("cpu"))
-    torch.manual_seed(0)
-    clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True), adapter_layers=2, fiser_layers=1)
-    select_trainable(model, "q")
-    ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
+    model, ds = init_rank_with_toy_model(rank, world, port, toy_root)
     emb = torch.nn.functional.normalize(torch.randn(len(ds.vocab), model.embed_dim,
                                                     generator=torch.Generator().manual_seed(1)), dim=-1)
     cfg = TrainParams(iterations=2, batch_size=4, warmup_iters=0, checkpoint_every=2, crop_size=64, mask_source="gt",
@@ -72,7 +51,7 @@ def _worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -> No
 
 
 def test_two_process_ddp_keeps_replicas_in_sync(toy_root, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(toy_root), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(toy_root), str(tmp_path)), nprocs=2, join=True)
     assert not (tmp_path / "last.pt").exists()
     assert len(list(set_aside_folder(tmp_path / "last.pt").glob("last.pt.corrupt-*"))) == 1
 

@@ -132,21 +132,13 @@ def test_images_without_segments_and_label_modes(parts):
 
 
 def _ddp_worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -> None:
-    import os
     from pathlib import Path
 
     import torch.distributed as dist
 
-    from pipeline.train.distributed import init_distributed
+    from tests.train.ddp import init_rank_with_toy_model
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    init_distributed(torch.device("cpu"))
-    torch.manual_seed(0)
-    clip, _ = build_clip("fovseg-tiny", allow_random=True)
-    model = FOVSeg(clip, TevaConfig(True), adapter_layers=2, fiser_layers=1)
-    select_trainable(model, "q")
-    ds = BenchmarkDataset(get_benchmark("toy_train"), toy_root)
+    model, ds = init_rank_with_toy_model(rank, world, port, toy_root)
     tuner = GeneratorTuner(build_mask2former("fovseg-tiny", 64, random_init=True), len(ds.vocab), max_proposals=4,
                            max_masks=8)
     text = F.normalize(torch.randn(len(ds.vocab), model.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
@@ -163,14 +155,11 @@ def _ddp_worker(rank: int, world: int, port: int, toy_root: str, out_dir: str) -
 
 @pytest.mark.slow  # ~80 s on a loaded CPU
 def test_two_process_ddp_keeps_generator_replicas_in_sync(toy_root, tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(toy_root), str(tmp_path)), nprocs=2, join=True)
+    from tests.train.ddp import free_port
+
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(toy_root), str(tmp_path)), nprocs=2, join=True)
     assert any(k.startswith(TUNER_NAME) for k in torch.load(tmp_path / "last.pt", weights_only=True)["model"])
 
 
