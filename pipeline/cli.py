@@ -184,12 +184,6 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def grid_names() -> list[str]:
-    """The packaged sweep grids (pipeline/sweep/grids/*.yaml), without importing the sweep code."""
-    folder = Path(__file__).parent / "sweep" / "grids"
-    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["evaluate"]:  # dispatched before the heavy imports below: evaluate starts in a blink
@@ -199,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from pipeline.errors import FovsegError, permission_message
     from pipeline.presets import preset_names
+    from pipeline.sweep.grids import available_grids
 
     ap = argparse.ArgumentParser(prog="fovseg", description=__doc__, epilog=USAGE,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--force", action="store_true", help="switch even if params.yaml has edits (kept as a .bak)")
     w = sub.add_parser("sweep", help="run an ablation grid (Table IV / Fig. 9) on Ray Tune",
                        description="Run the rows x seeds of an ablation grid as Ray Tune trials, resumable (run the "
-                                   "same command again after a kill). Grids: " + ", ".join(grid_names()) + ".",
+                                   "same command again after a kill). Grids: " + ", ".join(available_grids()) + ".",
                        epilog="on a cluster: ray start --head --node-ip-address HEAD_IP on the head node, ray "
                               "start --address HEAD_IP:6379 on the others, then fovseg sweep GRID --address "
                               "HEAD_IP:6379 (docs/sweeps.md)")

@@ -60,8 +60,6 @@ def relocate_store(db: Path) -> int:
             if match is None or match.group(1) == new_root:
                 continue
             old_root = match.group(1)
-            if old_root == new_root:
-                continue
             con.execute("UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?) "
                         "WHERE experiment_id = ?", (new_root, len(old_root) + 1, exp_id))
             con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
@@ -171,6 +169,26 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def open_client(uri: str):
+    """An ``MlflowClient`` on ``uri``: a sqlite store that moved has its artifact locations relocated first; a
+    server that is down gives one quick failure, not minutes of retries."""
+    if uri.startswith("http"):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    db = sqlite_path(uri)
+    if db is not None:
+        relocate_store(db)
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def alive_tags() -> dict[str, str]:
+    """Tags naming this process on this host: :func:`mark_killed` sets a RUNNING run carrying them KILLED once the
+    process is gone."""
+    return {"fovseg.pid": str(os.getpid()), "fovseg.host": socket.gethostname()}
 
 
 def mark_killed(client, experiment_id: str) -> list[str]:

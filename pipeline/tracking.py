@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -52,9 +51,11 @@ from typing import Any
 
 from pipeline.mlflow_store import (
     ARTIFACT_DIR,
+    alive_tags,
     default_tracking_uri,
     ensure_experiment,
     mark_killed,
+    open_client,
     relocate_store,
     sqlite_path,
     ui_urls,
@@ -143,18 +144,16 @@ class Tracker:
         self.benchmark = benchmark if benchmark is not None else self.run_name.partition("@")[2]
         self._mlflow = None
         self.client = None
+        self.exp_id: str | None = None
         self.run_id: str | None = None
         self.parent_id: str | None = None
         self._stepped: set[str] = set()  # names logged with a step by this run: a summary never lands on them
 
     # -- setup
-    def _experiment_id(self, mlflow) -> str:
+    def _experiment_id(self) -> str:
         data = self.params.get("data") if isinstance(self.params.get("data"), dict) else {}
         benchmarks = [b for b in (*(data.get("eval_benchmarks") or ()), self.benchmark) if b]
         return ensure_experiment(self.client, self.experiment, self.uri, benchmarks)
-
-    def _parent(self, exp_id: str) -> str:
-        return pipeline_run(self.client, exp_id, self.group or run_group(), create=True, start_ms=self._start_ms())
 
     def _start_ms(self) -> int:
         return int(1000 * (self.start_time if self.start_time is not None else _STAGE_START))
@@ -163,24 +162,17 @@ class Tracker:
         if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 reports
             return self
         try:
-            if self.uri.startswith("http"):
-                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
             import mlflow
-            from mlflow import MlflowClient
 
-            db = sqlite_path(self.uri)
-            if db is not None:
-                relocate_store(db)
+            self.group = self.group or run_group()
+            self.client = open_client(self.uri)
             mlflow.set_tracking_uri(self.uri)
-            self.client = MlflowClient(self.uri)
-            exp_id = self._experiment_id(mlflow)
+            exp_id = self.exp_id = self._experiment_id()
             mark_killed(self.client, exp_id)
-            self.parent_id = self._parent(exp_id)
+            self.parent_id = pipeline_run(self.client, exp_id, self.group, create=True, start_ms=self._start_ms())
             tags = {"stage": self.stage, "kind": "stage", "git_commit": git_commit(),
-                    "mlflow.parentRunId": self.parent_id, GROUP_TAG: self.group or run_group(),
-                    "dvc_stage": os.environ.get("DVC_STAGE", ""), "fovseg.pid": str(os.getpid()),
-                    "fovseg.host": socket.gethostname()}
+                    "mlflow.parentRunId": self.parent_id, GROUP_TAG: self.group,
+                    "dvc_stage": os.environ.get("DVC_STAGE", ""), **alive_tags()}
             run = self.client.create_run(exp_id, start_time=self._start_ms(), tags=tags, run_name=self.run_name)
             self.run_id = run.info.run_id
             mlflow.set_experiment(experiment_id=exp_id)
@@ -227,9 +219,8 @@ class Tracker:
         if self._mlflow is None:
             return
         try:
-            exp_id = self.client.get_run(self.run_id).info.experiment_id
             benchmark = (tags or {}).get("benchmark") or self.benchmark
-            run = self.client.create_run(exp_id, run_name=f"{self.run_name}/{model}", tags={
+            run = self.client.create_run(self.exp_id, run_name=f"{self.run_name}/{model}", tags={
                 "mlflow.parentRunId": self.run_id, "kind": "model", "model": model, "stage": self.stage,
                 **({"benchmark": benchmark} if benchmark else {}), **(tags or {})})
             now = int(time.time() * 1000)

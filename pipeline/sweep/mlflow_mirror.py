@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from typing import Any
 
 from pipeline.config import Params
+from pipeline.mlflow_store import alive_tags, default_tracking_uri, ensure_experiment, mark_killed, open_client
 from pipeline.sweep.grids import Grid
 from pipeline.sweep.results import finished_trial_outcome, summarize
-from pipeline.tracking import GROUP_TAG, git_commit, run_group
+from pipeline.tracking import GROUP_TAG, git_commit, pipeline_run, run_group
 
 log = logging.getLogger(__name__)
-
-
-def tracking_uri() -> str:
-    """Same rule as pipeline.tracking: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db."""
-    from pipeline.mlflow_store import default_tracking_uri
-
-    return default_tracking_uri()
 
 
 def _quote(value: str) -> str:
@@ -53,7 +46,7 @@ class SweepTracking:
         self.grid, self.sweep_key = grid, sweep_key
         self.experiment, self.preset = params.tracking.experiment, params.preset
         self.seeds = tuple(params.sweep.seeds)
-        self.uri = uri or tracking_uri()
+        self.uri = uri or default_tracking_uri()
         self.started = started or time.time()
         self.group = run_group()
         self.client: Any = None
@@ -81,18 +74,7 @@ class SweepTracking:
         return self
 
     def _open(self) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from pipeline.mlflow_store import ensure_experiment, mark_killed, relocate_store, sqlite_path
-        from pipeline.tracking import pipeline_run
-
-        if self.uri.startswith("http"):  # a server that is down: one quick warning, not minutes of retries
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-        db = sqlite_path(self.uri)
-        if db is not None:
-            relocate_store(db)
-        client = MlflowClient(self.uri)
+        client = open_client(self.uri)
         grid, key, started_ms = self.grid, _quote(self.sweep_key), int(self.started * 1000)
         exp = self.exp_id = ensure_experiment(client, self.experiment, self.uri, grid.benchmarks)
         mark_killed(client, exp)  # runs of a driver or stage that died (a killed sweep's, before it resumes)
@@ -133,7 +115,7 @@ class SweepTracking:
         self.row_ids = {label: rows[label] for label in (r.label for r in grid.rows)}
         from mlflow.entities import RunTag
 
-        alive = [RunTag("fovseg.pid", str(os.getpid())), RunTag("fovseg.host", socket.gethostname())]
+        alive = [RunTag(k, v) for k, v in alive_tags().items()]
         for run_id in (self.parent_id, *self.row_ids.values()):  # this driver: KILLED by the next start if it dies
             client.log_batch(run_id, tags=alive)
         self.done = {r.data.tags.get("trial") for r in client.search_runs(

@@ -56,7 +56,7 @@ def _tune_trainable(config: dict, context: dict) -> None:
 
     spec = config["spec"]
     root = node_root(context["root"])
-    os.chdir(on_node(context["workdir"], root))
+    os.chdir(root)  # the shared root on this node: relative paths in params resolve against it, as on the driver
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(context["cpus_per_trial"]))))
     import torch
 
@@ -121,13 +121,13 @@ def run_sweep(grid_name: str, params: Params, opts: SweepOptions) -> dict:
     opts.storage.mkdir(parents=True, exist_ok=True)
     root = Path(os.path.abspath(opts.shared_root or Path.cwd()))  # what the nodes share: paths under it travel relative
     shared = SharedInputs(portable(opts.backbones, root), portable(opts.proposals_root, root),
-                          portable(opts.out / "proposals", root), ".", generator_key(params))
+                          portable(opts.out / "proposals", root), generator_key(params))
     sp = params.sweep
     from pipeline.data.registry import dataset_root
 
     context = {"grid": grid.name, "base_params": to_dict(params), "root": str(root),
                "data_root": portable(dataset_root(params.data.root or None), root),
-               "trials": portable(trials_root, root), "workdir": ".",
+               "trials": portable(trials_root, root),
                "benchmarks": list(grid.benchmarks), "shared": dataclasses.asdict(shared),
                "cpus_per_trial": sp.cpus_per_trial, "trial_fn": opts.trial_fn}
     trainable = tune.with_resources(tune.with_parameters(_tune_trainable, context=context),

@@ -25,11 +25,10 @@ class SharedInputs:
     """Read-only inputs every trial shares (paths on the trial's node), plus the shared proposal cache for other
     generators. The driver sends them relative to the shared root (pipeline.sweep.ray_cluster.portable)."""
 
-    PATHS: ClassVar[tuple[str, ...]] = ("backbones", "proposals_root", "proposal_cache", "workdir")
+    PATHS: ClassVar[tuple[str, ...]] = ("backbones", "proposals_root", "proposal_cache")
     backbones: str
     proposals_root: str  # <bench>/ subfolders computed with the base generator
     proposal_cache: str  # <generator key>/<bench>/ for rows that change the generator
-    workdir: str  # cwd of the trial (relative paths in params resolve here, as in the driver)
     base_generator_key: str = ""
 
 

@@ -147,8 +147,7 @@ def test_changed_generator_gets_its_own_cached_proposals(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep, "_compute_proposals", fake_compute)
     base = load_params(REPO / "params.yaml")
-    shared = SharedInputs("bb", str(tmp_path / "props"), str(tmp_path / "cache"), str(tmp_path),
-                          sweep.generator_key(base))
+    shared = SharedInputs("bb", str(tmp_path / "props"), str(tmp_path / "cache"), sweep.generator_key(base))
     assert proposals_for(base, "toy_open", shared) == tmp_path / "props" / "toy_open"
     other = trial_params(base, {"proposals.max_proposals": 8})
     first = proposals_for(other, "toy_open", shared)
@@ -190,7 +189,7 @@ def test_real_trial_trains_evaluates_and_resumes_from_its_own_dir(tiny_inputs, t
     monkeypatch.chdir(tmp_path)  # the text-embedding cache resolves here, as in a trial
     params = _params(toy_root)
     shared = SharedInputs(str(tiny_inputs / "backbones"), str(tiny_inputs / "proposals"), str(tmp_path / "cache"),
-                          str(tmp_path), generator_key(params))
+                          generator_key(params))
     trial_dir = tmp_path / "trials" / "row__seed0"
     with ThreadPoolExecutor(1) as pool:  # Ray Tune runs a function trial outside the main thread
         metrics = pool.submit(run_trial, params, {**TINY, "seed": 0}, trial_dir, shared,
