@@ -43,7 +43,7 @@ def _dataset_row(name: str, root: Path, checksums: dict) -> dict:
         row.update(status="present" if (root / "toy").exists() else "missing",
                    missing=[] if (root / "toy").exists() else [str(root / "toy")])
         return row
-    reports = verify_dataset(name, root, checksums)
+    reports = verify_dataset(name, root)
     partial = any(r.status != "missing" for r in reports)
     refused = partial and bool(pending_downloads(spec, root)) and not can_complete(spec, root)  # the stage stops
     command = f"python -m stages.download --datasets {name}" + (" --fetch-missing" if refused else "")

@@ -173,38 +173,39 @@ def _copy_counted(src, dest: Path, budget: _Budget, member: str) -> None:
             out.write(block)
 
 
+def _write_members(archive: Path, partial: Path, allowance: int, members: list, entries: list[_Entry],
+                   open_file, extract_link=None) -> None:
+    """Check ``entries`` (see :func:`_check_entries`), then write each member under ``partial``: folders made,
+    files copied through ``open_file(member)`` with every byte counted, links (tar only) by ``extract_link``."""
+    _check_entries(archive, entries, allowance)
+    budget = _Budget(archive, allowance)
+    for m, e in zip(members, entries):
+        if e.name == ".":
+            continue
+        if e.kind == "dir":
+            (partial / e.name).mkdir(parents=True, exist_ok=True)
+        elif e.kind == "file":
+            with open_file(m) as src:
+                _copy_counted(src, partial / e.name, budget, e.name)
+        else:
+            extract_link(m, e)
+
+
 def _extract_zip(archive: Path, partial: Path, allowance: int) -> None:
     with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        entries = _zip_entries(archive, zf)
-        _check_entries(archive, entries, allowance)
-        budget = _Budget(archive, allowance)
-        for info, e in zip(infos, entries):
-            if e.name == ".":
-                continue
-            if e.kind == "dir":
-                (partial / e.name).mkdir(parents=True, exist_ok=True)
-                continue
-            with zf.open(info) as src:
-                _copy_counted(src, partial / e.name, budget, e.name)
+        _write_members(archive, partial, allowance, zf.infolist(), _zip_entries(archive, zf), zf.open)
 
 
 def _extract_tar(archive: Path, partial: Path, allowance: int) -> None:
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
-        entries = [_tar_entry(archive, m) for m in members]
-        _check_entries(archive, entries, allowance)
-        budget = _Budget(archive, allowance)
-        for m, e in zip(members, entries):
-            if e.name == ".":
-                continue
-            if e.kind == "dir":
-                (partial / e.name).mkdir(parents=True, exist_ok=True)
-            elif e.kind == "file":
-                with tf.extractfile(m) as src:
-                    _copy_counted(src, partial / e.name, budget, e.name)
-            else:  # a link checked above; tarfile's "data" filter checks it again (also through earlier links)
-                tf.extract(m.replace(name=e.name, deep=False), partial, set_attrs=False, filter="data")
+
+        def extract_link(m: tarfile.TarInfo, e: _Entry) -> None:
+            # a link checked by _check_entries; tarfile's "data" filter checks it again (also through earlier links)
+            tf.extract(m.replace(name=e.name, deep=False), partial, set_attrs=False, filter="data")
+
+        _write_members(archive, partial, allowance, members, [_tar_entry(archive, m) for m in members],
+                       tf.extractfile, extract_link)
 
 
 def _extraction_error(archive: Path, exc: BaseException) -> DownloadError:

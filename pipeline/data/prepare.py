@@ -204,7 +204,7 @@ def obtain_dataset(spec: DatasetSpec, root: Path, checksums: dict[str, str | Non
     docstring for a partial layout). The manifest entry lists each benchmark's counts."""
     from pipeline.data.verify import describe_problems, verify_dataset
 
-    reports = verify_dataset(spec.name, root, checksums)
+    reports = verify_dataset(spec.name, root)
     if reports and all(r.status == "present" for r in reports):
         log.info("%s: prepared layout verified under %s (nothing downloaded)", spec.name, root)
         return {"dataset": spec.name, "source": "prepared",
@@ -214,7 +214,7 @@ def obtain_dataset(spec: DatasetSpec, root: Path, checksums: dict[str, str | Non
         raise DatasetError(f"{spec.name}: the prepared layout under {root} is incomplete: {describe_problems(reports)}"
                            f". {completion_hint(spec, root)}")
     result = fetch_dataset(spec, root, checksums)
-    reports = verify_dataset(spec.name, root, checksums)
+    reports = verify_dataset(spec.name, root)
     if any(r.status != "present" for r in reports):
         raise DatasetError(f"{spec.name}: after fetching and preparing, {describe_problems(reports)}; check the files "
                            f"under {root} (a damaged archive: delete it under {root / 'downloads'} and re-run)")

@@ -17,7 +17,6 @@ full resolution. Reading is lazy (seek to one line).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from pipeline.data.download import sha256_of
 from pipeline.data.formats import DatasetError, write_json
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,6 @@ def downsample_masks(masks: np.ndarray, factor: int) -> np.ndarray:
     padded[:, :h, :w] = masks
     return padded.reshape(n, hp // factor, factor, wp // factor, factor).any(axis=(2, 4))
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ProposalWriter:
@@ -144,7 +137,7 @@ class ProposalWriter:
         os.replace(self.partial / f"{name}.tmp", self.partial / name)
         path = self.partial / name
         self._shards.append({"file": name, "images": len(self._pending), "masks": self._pending_masks,
-                             "bytes": path.stat().st_size, "sha256": _sha256(path)})
+                             "bytes": path.stat().st_size, "sha256": sha256_of(path)})
         self._pending, self._pending_masks = [], 0
         write_json(self.partial / "progress.json", {"meta": self._meta, "shards": self._shards,
                                                     "index": self._index}, indent=None)
@@ -154,7 +147,7 @@ class ProposalWriter:
         write_json(self.partial / "index.json", self._index, indent=None)
         meta = {**self._meta, "images": len(self._index), "masks": sum(s["masks"] for s in self._shards),
                 "shards": self._shards,
-                "index_sha256": _sha256(self.partial / "index.json")}
+                "index_sha256": sha256_of(self.partial / "index.json")}
         write_json(self.partial / "meta.json", meta)
         (self.partial / "progress.json").unlink()
         if self.final.exists():
@@ -189,7 +182,7 @@ class ProposalStore:
         index_file = self.directory / "index.json"
         if not isinstance(self.meta, dict) or "shards" not in self.meta:
             raise self._damaged("meta.json", "it is not a proposal store's meta (no shard list)")
-        if not index_file.is_file() or _sha256(index_file) != self.meta.get("index_sha256"):
+        if not index_file.is_file() or sha256_of(index_file) != self.meta.get("index_sha256"):
             raise self._damaged("index.json", "it is missing or fails its sha256 check")
         for shard in self.meta["shards"]:
             path = self.directory / shard["file"]

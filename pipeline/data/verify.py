@@ -3,9 +3,9 @@
 What each benchmark reads comes from one place, :func:`pipeline.data.registry.benchmark_files` (its
 ``Benchmark`` fields). A benchmark is *present* when its image folder holds images, its panoptic json parses,
 lists annotations and every PNG and image it names exists, and its label-map folder holds a map for every image
-it evaluates; *missing* when none of its paths exists; *partial* otherwise, each problem naming the path. Files
-with a published sha256 (``pipeline/data/checksums/datasets.json``, keyed by their path under the root) are
-checked against it; others are verified by presence and structure only. A path that cannot be read, entered or
+it evaluates; *missing* when none of its paths exists; *partial* otherwise, each problem naming the path. The
+files are verified by presence and structure (published sha256 exist for archives only, checked when they are
+downloaded: pipeline.data.download). A path that cannot be read, entered or
 listed stops the check with one "permission denied: <path>" error: it is neither missing nor partial.
 """
 from __future__ import annotations
@@ -33,12 +33,10 @@ class BenchmarkReport:
     needs: list[str]  # paths relative to the root
     problems: list[str] = field(default_factory=list)  # each names a path and what is wrong with it
     counts: dict[str, int] = field(default_factory=dict)
-    checksums: dict[str, str] = field(default_factory=dict)  # path -> "published sha256" (the ones checked)
 
     def manifest(self) -> dict:
         """The benchmark's entry in the download manifest: counts and how its files were verified."""
-        how = "published sha256" if self.checksums else "present and consistent (no published checksum)"
-        return {**self.counts, "verified": how}
+        return {**self.counts, "verified": "present and consistent (no published checksum)"}
 
     def as_dict(self) -> dict:
         return {"benchmark": self.benchmark, "dataset": self.dataset, "status": self.status, "needs": self.needs,
@@ -115,29 +113,13 @@ def _labels(bench: Benchmark, root: Path, evaluated: list[str], problems: list[s
         problems.append(_some(folder, lost, f"{len(lost)} label maps of its images are missing"))
 
 
-def _checksums(bench: Benchmark, root: Path, published: dict[str, str | None], problems: list[str]) -> dict:
-    from pipeline.data.download import sha256_of
-
-    checked = {}
-    for rel in benchmark_files(bench):
-        want, path = published.get(rel), root / rel
-        if want and path.is_file():
-            got = sha256_of(path)
-            if got != want:
-                problems.append(f"{path} (sha256 {got} differs from the published {want})")
-            else:
-                checked[rel] = "published sha256"
-    return checked
-
-
-def verify_benchmark(bench: Benchmark, root: str | Path, published: dict[str, str | None] | None = None
-                     ) -> BenchmarkReport:
+def verify_benchmark(bench: Benchmark, root: str | Path) -> BenchmarkReport:
     """Check everything ``bench`` reads under ``root`` (see the module docstring); downloads nothing."""
     with permission_guard(root):
-        return _verify_benchmark(bench, Path(root), published)
+        return _verify_benchmark(bench, Path(root))
 
 
-def _verify_benchmark(bench: Benchmark, root: Path, published: dict[str, str | None] | None) -> BenchmarkReport:
+def _verify_benchmark(bench: Benchmark, root: Path) -> BenchmarkReport:
     needs = benchmark_files(bench)
     report = BenchmarkReport(bench.name, bench.dataset, "missing", needs)
     absent = [rel for rel in needs if not (root / rel).exists()]
@@ -162,22 +144,13 @@ def _verify_benchmark(bench: Benchmark, root: Path, published: dict[str, str | N
         if not (root / bench.semantic_dir).is_dir():
             problems.append(f"{root / bench.semantic_dir} (missing)")
         _labels(bench, root, evaluated, problems, counts)
-    report.checksums = _checksums(bench, root, published or {}, problems)
     report.status = "partial" if problems else "present"
     return report
 
 
-def verify_prepared(bench: Benchmark, root: str | Path, published: dict[str, str | None] | None = None
-                    ) -> BenchmarkReport | None:
-    """The report of ``bench``'s prepared layout under ``root`` when it is complete, else None."""
-    report = verify_benchmark(bench, root, published)
-    return report if report.status == "present" else None
-
-
-def verify_dataset(dataset: str, root: str | Path, published: dict[str, str | None] | None = None
-                   ) -> list[BenchmarkReport]:
+def verify_dataset(dataset: str, root: str | Path) -> list[BenchmarkReport]:
     """One report per benchmark ``dataset`` provides."""
-    return [verify_benchmark(b, root, published) for b in dataset_benchmarks(dataset)]
+    return [verify_benchmark(b, root) for b in dataset_benchmarks(dataset)]
 
 
 def describe_problems(reports: list[BenchmarkReport]) -> str:
