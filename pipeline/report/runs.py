@@ -16,9 +16,11 @@ from typing import Any, Sequence
 import pandas as pd
 from tabulate import tabulate
 
+from pipeline.report.table_format import NA, fmt
+from pipeline.tracking import flatten
+
 HEADLINE = ("PQ", "PQ_unseen", "mIoU", "mIoU_unseen")  # per benchmark, in this order
 EVAL_FILE = re.compile(r"^metrics/eval/(?P<bench>[^/]+)\.json$")
-NA = "n/a"
 
 
 def dvc_exp_show(repo: str | Path = ".", dvc_args: Sequence[str] = ()) -> list[dict]:
@@ -29,15 +31,6 @@ def dvc_exp_show(repo: str | Path = ".", dvc_args: Sequence[str] = ()) -> list[d
         raise RuntimeError(f"`dvc exp show --json` failed ({res.returncode}): {res.stderr.strip() or res.stdout}")
     text = res.stdout.strip()
     return json.loads(text) if text else []
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}"))
-    return out
 
 
 def _states(exp_show: list[dict]) -> list[tuple[dict, str, str]]:
@@ -80,7 +73,7 @@ def experiment_rows(exp_show: list[dict]) -> tuple[list[dict], list[str], dict[s
         flat: dict[str, Any] = {}
         for file, result in (data.get("params") or {}).items():
             pre = "" if file == "params.yaml" else f"{file}:"
-            flat.update({pre + k: v for k, v in _flatten((result or {}).get("data") or {}).items()})
+            flat.update({pre + k: v for k, v in flatten((result or {}).get("data") or {}).items()})
         params[label + "\0" + row["rev"]] = flat
         rows.append(row)
     bench_order = list(dict.fromkeys(b for b, _ in columns.values()))
@@ -129,6 +122,6 @@ def experiments_table(exp_show: list[dict] | None = None, *, repo: str | Path = 
         return "No experiments (`dvc exp show` lists none)."
     metrics = set(df.attrs["headline"])
     cells = df.astype(object).where(df.notna(), None)  # NaN (a metric the row does not have) -> n/a
-    rows = [[NA if v is None else f"{v:.1f}" if c in metrics else str(v) for c, v in zip(df.columns, r)]
+    rows = [[fmt(v) if c in metrics else NA if v is None else str(v) for c, v in zip(df.columns, r)]
             for r in cells.itertuples(index=False)]
     return tabulate(rows, headers=list(df.columns), tablefmt=tablefmt, disable_numparse=True)

@@ -3,6 +3,7 @@
 that cannot exist, such as unseen-class PQ on a benchmark without unseen classes, is None)."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,15 @@ MODELS = (("trained", None), ("baseline (untrained)", "baseline"), ("oracle clas
           ("oracle generator (Fig. 2b)", "oracle_generator"))
 
 
+@functools.cache
+def _paper_tables_text() -> str:
+    return (Path(__file__).parent / "paper_tables.json").read_text()
+
+
 def paper_tables() -> dict:
-    """The paper's published numbers (a copy of its Tables I-IV and Fig. 2 text, packaged with the code)."""
-    return json.loads((Path(__file__).parent / "paper_tables.json").read_text())
+    """The paper's published numbers (a copy of its Tables I-IV and Fig. 2 text, packaged with the code); read
+    once per process, a fresh dict each call (callers may change theirs)."""
+    return json.loads(_paper_tables_text())
 
 
 def is_toy(name: str) -> bool:
