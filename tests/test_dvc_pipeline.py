@@ -140,16 +140,21 @@ def _placeholder_outputs(root: Path, all_stages: dict) -> None:
             p.write_text("step,loss\n1,1\n" if p.suffix == ".csv" else json.dumps({"placeholder": out}))
 
 
-def test_training_knob_reruns_only_downstream_stages(tmp_path):
+def _project_with_every_output(root: Path) -> None:
+    """A copy of the project under git and DVC in ``root``, every stage's outputs present and committed to DVC."""
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, tmp_path / name)
+        shutil.copy(REPO / name, root / name)
     for d in PROJECT:
-        shutil.copytree(REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
-    _run(["git", "init", "-q"], tmp_path)
-    _run(DVC + ["init", "-q"], tmp_path)
+        shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
+    _run(["git", "init", "-q"], root)
+    _run(DVC + ["init", "-q"], root)
+    _placeholder_outputs(root, ALL)
+    _run(DVC + ["commit", "-f", "-q"], root)
+
+
+def test_training_knob_reruns_only_downstream_stages(tmp_path):
+    _project_with_every_output(tmp_path)
     params = _params()
-    _placeholder_outputs(tmp_path, ALL)
-    _run(DVC + ["commit", "-f", "-q"], tmp_path)
     assert json.loads(_run(DVC + ["status", "--json"], tmp_path) or "{}") == {}
 
     params["train"]["lr"] = params["train"]["lr"] / 2
@@ -231,14 +236,7 @@ def test_fovseg_predict_finds_the_pipeline_outputs_through_dvc_yaml(tmp_path, mo
 
 def test_a_bad_value_from_dvc_exp_run_stops_before_any_output_is_removed(tmp_path):
     """`dvc exp run -S train.lr=-1`: the validate stage fails first; every earlier output and metric stays."""
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, tmp_path / name)
-    for d in PROJECT:
-        shutil.copytree(REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
-    _run(["git", "init", "-q"], tmp_path)
-    _run(DVC + ["init", "-q"], tmp_path)
-    _placeholder_outputs(tmp_path, ALL)
-    _run(DVC + ["commit", "-f", "-q"], tmp_path)
+    _project_with_every_output(tmp_path)
     _run(["git", "add", "-A"], tmp_path)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "runs"], tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.parts[len(tmp_path.parts)] in

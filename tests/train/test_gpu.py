@@ -76,6 +76,7 @@ def test_evaluation_on_cuda_matches_the_cpu(cuda, toy_root, tmp_path):
     from models.clip_backbone import build_clip
     from models.mask_encoder import TevaConfig
     from pipeline.build.classifier import ReadyClassifier
+    from pipeline.config import EvaluateParams
     from pipeline.data.loaders import BenchmarkDataset
     from pipeline.data.registry import get_benchmark
     from pipeline.eval.loop import DatasetEvaluator, GroundTruthProposals, ModelClassifier, inference_on_dataset
@@ -96,7 +97,8 @@ def test_evaluation_on_cuda_matches_the_cpu(cuda, toy_root, tmp_path):
         ready = ReadyClassifier(copy.deepcopy(model).to(device), tokenizer, "random", "fovseg-tiny",
                                 ("a photo of a {}.",), device, cache_dir=tmp_path / device.type)
         kept[device.type] = Keep()
-        inference_on_dataset(ds, GroundTruthProposals(), ModelClassifier(ready, ds.vocab, 64, 64), [kept[device.type]],
+        classifier = ModelClassifier(ready, ds.vocab, EvaluateParams(test_short_side=64, test_max_side=64))
+        inference_on_dataset(ds, GroundTruthProposals(), classifier, [kept[device.type]],
                              object_threshold=0.0, overlap_threshold=0.5)
     cpu, gpu = kept["cpu"].maps, kept["cuda"].maps
     assert len(cpu) == len(gpu) == len(ds)
