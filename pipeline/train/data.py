@@ -62,7 +62,8 @@ class Batch:
     def segments(self, device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per image: (K_i,G,G) bool masks and (K_i,) labels of its ground-truth segments."""
         masks, labels = self.segment_masks(device), self.gt_labels.to(device)
-        return [(m[keep], t[keep]) for m, t, keep in zip(masks, labels, self.gt_valid)]
+        counts = self.gt_valid.sum(1).tolist()  # segments first, padding after (collate): slices, no host sync
+        return [(m[:n], t[:n]) for m, t, n in zip(masks, labels, counts)]
 
     @property
     def gt_valid(self) -> torch.Tensor:

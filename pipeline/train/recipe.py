@@ -228,16 +228,16 @@ class TrainingRecipe:
         cfg = self.cfg
         targets = torch.full(logits.shape[:2], IGNORE, dtype=torch.long, device=logits.device)
         gen = torch.Generator().manual_seed(model_seed(self.seed, step) + 1)  # the matcher's sampled points
-        for i, (gt_masks, gt_labels) in enumerate(batch.segments(logits.device)):
-            keep = batch.valid[i].to(logits.device)
-            if cfg.assignment == "hungarian":
+        counts = batch.valid.sum(1).tolist()  # proposals come first, padding after (collate, the generator tuner)
+        for i, ((gt_masks, gt_labels), n) in enumerate(zip(batch.segments(logits.device), counts)):
+            if cfg.assignment == "hungarian":  # slices, not boolean masks: no host sync per image on a GPU
                 m = cfg.match
-                targets[i, keep] = hungarian_targets(
-                    logits[i, keep].softmax(-1), masks[i, keep], gt_masks, gt_labels, num_classes,
+                targets[i, :n] = hungarian_targets(
+                    logits[i, :n].softmax(-1), masks[i, :n], gt_masks, gt_labels, num_classes,
                     class_weight=m.class_weight, mask_weight=m.mask_weight, dice_weight=m.dice_weight,
                     num_points=m.points, generator=gen)
             else:
-                targets[i, keep] = iou_targets(masks[i, keep], gt_masks, gt_labels, cfg.assign_iou)
+                targets[i, :n] = iou_targets(masks[i, :n], gt_masks, gt_labels, cfg.assign_iou)
         return targets
 
     # ------------------------------------------------------------------ save
